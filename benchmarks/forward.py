@@ -1,0 +1,42 @@
+"""Forward pass: PlaygroundUNet vs diffusers UNet2DModel on the flagship weights, same process, interleaved.
+
+    python benchmarks/forward.py [--threads 2]
+
+Prints seconds per forward and the ratios (ours / diffusers; capture / plain). Required: ratio <= 1.0,
+capture <= 1.2x plain.
+"""
+
+import argparse
+
+import torch
+
+from common import flagship_pair, interleaved
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    ours, theirs = flagship_pair()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| batch | ours (ms) | diffusers (ms) | ours / diffusers | capture (ms) | capture / ours |")
+    print("|---|---|---|---|---|---|")
+    for batch in (1, 16):
+        x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        t = torch.full((batch,), 500)
+        y = torch.arange(batch) % 11
+        with torch.inference_mode():
+            assert torch.allclose(ours(x, t, y).sample, theirs(x, t, y).sample, atol=1e-4)
+            times = interleaved({
+                "ours": lambda: ours(x, t, y),
+                "diffusers": lambda: theirs(x, t, y),
+                "capture": lambda: ours(x, t, y, capture_features=True),
+            }, repeats=args.repeats)
+        print(f"| {batch} | {times['ours'] * 1e3:.2f} | {times['diffusers'] * 1e3:.2f} | {times['ours'] / times['diffusers']:.3f} "
+              f"| {times['capture'] * 1e3:.2f} | {times['capture'] / times['ours']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

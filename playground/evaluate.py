@@ -1,0 +1,218 @@
+"""Numbers, not only pictures: how well a model (or an ablation of it) denoises and generates.
+
+- `eps_mse_per_timestep`: mean ‖ε̂ − ε‖² over held-out images at chosen t, with noise fixed by a seed,
+  so two models or ablations are compared on identical inputs.
+- `sample_quality`: our classifier's verdict on generated digits — the share recognised with
+  confidence > 0.9, the class-histogram entropy (1 = all ten digits equally often) and the Fréchet
+  distance to real test digits in the classifier's feature space.
+- `radial_spectrum`: radially averaged Fourier power of feature maps (FreeU: skips carry high
+  frequencies, the backbone low ones).
+
+    python -m playground.evaluate --model weights/mnist [--ablate skip:14=0] [--num 256] --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .ablation import Ablation, parse_ablation_specs
+from .classifier import DigitClassifier, load_classifier
+from .data import load_mnist
+from .sampling import DiffusionModel, SampleSettings, load_pipeline, make_scheduler, sample
+
+DEFAULT_TIMESTEPS = (0, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+CONFIDENCE = 0.9
+
+
+@torch.inference_mode()
+def eps_mse_per_timestep(model: DiffusionModel, images: torch.Tensor, timesteps=DEFAULT_TIMESTEPS,
+                         ablation: Ablation | None = None, labels: torch.Tensor | None = None,
+                         seed: int = 0, batch: int = 256) -> dict[int, float]:
+    """t -> mean over images and pixels of (ε̂ − ε)², on noise drawn once from `seed`.
+
+    images: (N, C, H, W) in [-1, 1]. labels: (N,) class labels; default the null label (no digit).
+    """
+    scheduler = make_scheduler(model, "ddpm", 1)
+    alphas_cumprod = scheduler.alphas_cumprod
+    if labels is None and model.null_label is not None:
+        labels = torch.full((len(images),), model.null_label, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=generator)
+    result = {}
+    for t in timesteps:
+        if not 0 <= int(t) < len(alphas_cumprod):
+            raise ValueError(f"timesteps must lie in [0, {len(alphas_cumprod) - 1}], got {t}")
+        a = alphas_cumprod[int(t)]
+        total = 0.0
+        for i in range(0, len(images), batch):
+            x0, eps = images[i:i + batch], noise[i:i + batch]
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            y = None if labels is None else labels[i:i + batch]
+            pred = model.unet(x_t, int(t), y, ablation=ablation).sample
+            total += (pred - eps).pow(2).sum().item()
+        result[int(t)] = total / images.numel()
+    return result
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two (N, D) feature sets (FID's formula)."""
+    a, b = features_a.double(), features_b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # Tr((Σa Σb)^½) = Σ √λ of the symmetric PSD matrix Σa^½ Σb Σa^½
+    values, vectors = torch.linalg.eigh(cov_a)
+    sqrt_a = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+    middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * middle)
+
+
+@dataclass
+class Quality:
+    confident: float  # share of samples whose top class has probability > 0.9
+    class_entropy: float  # entropy of the predicted-class histogram / log(10)
+    fd: float  # Fréchet distance to real test digits in classifier features
+    histogram: list[int]
+    predicted: list[int]
+
+    def as_dict(self) -> dict:
+        return {"confident": self.confident, "class_entropy": self.class_entropy, "fd": self.fd, "histogram": self.histogram}
+
+
+@torch.inference_mode()
+def classify(classifier: DigitClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, 28, 28) -> class probabilities (N, 10) and features (N, D)."""
+    images = images.clamp(-1, 1)
+    features = classifier.features(images)
+    return classifier.head(features).softmax(1), features
+
+
+def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference_features: torch.Tensor) -> Quality:
+    probabilities, features = classify(classifier, samples)
+    confidence, predicted = probabilities.max(1)
+    histogram = torch.bincount(predicted, minlength=probabilities.shape[1])
+    share = histogram.double() / histogram.sum()
+    entropy = -(share[share > 0] * share[share > 0].log()).sum().item() / math.log(probabilities.shape[1])
+    return Quality(
+        confident=(confidence > CONFIDENCE).double().mean().item(),
+        class_entropy=entropy,
+        fd=frechet_distance(features, reference_features),
+        histogram=histogram.tolist(),
+        predicted=predicted.tolist(),
+    )
+
+
+def radial_spectrum(feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., h, w) maps -> (frequencies in cycles/pixel, (R,) mean power per radius), power summing to 1."""
+    h, w = feature.shape[-2:]
+    maps = feature.float().reshape(-1, h, w)
+    centred = maps - maps.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fftshift(torch.fft.fft2(centred).abs().pow(2), dim=(-2, -1)).mean(0)  # (h, w)
+    ys, xs = torch.meshgrid(torch.arange(h) - h // 2, torch.arange(w) - w // 2, indexing="ij")
+    radius = (ys.float().pow(2) * (w / h) ** 2 + xs.float().pow(2)).sqrt().round().long()  # in units of 1/w
+    bins = int(radius.max()) + 1
+    totals = torch.zeros(bins).index_add_(0, radius.flatten(), power.flatten())
+    counts = torch.zeros(bins).index_add_(0, radius.flatten(), torch.ones(h * w))
+    spectrum = totals / counts.clamp_min(1)
+    spectrum = spectrum / spectrum.sum().clamp_min(1e-20)
+    return torch.arange(bins) / w, spectrum
+
+
+def high_frequency_share(feature: torch.Tensor) -> float:
+    """Share of a map's (radially averaged) power above half the Nyquist frequency (0.25 cycles/px)."""
+    frequencies, spectrum = radial_spectrum(feature)
+    return float(spectrum[frequencies > 0.25].sum())
+
+
+def skip_backbone_spectra(features: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """For every decoder join: the skip's and the backbone's spectra and high-frequency shares."""
+    result = {}
+    for name, skip in features.items():
+        if not name.endswith(".skip"):
+            continue
+        join = name[: -len(".skip")]
+        backbone = features[f"{join}.backbone"]
+        f_skip, s_skip = radial_spectrum(skip)
+        f_back, s_back = radial_spectrum(backbone)
+        result[join] = {"resolution": skip.shape[-1], "frequencies": f_skip.tolist(), "skip": s_skip.tolist(),
+                        "backbone": s_back.tolist(), "skip_high": float(s_skip[f_skip > 0.25].sum()),
+                        "backbone_high": float(s_back[f_back > 0.25].sum())}
+    return result
+
+
+def reference_features(classifier: DigitClassifier, images: torch.Tensor) -> torch.Tensor:
+    return classify(classifier, images)[1]
+
+
+def evaluate_model(model: DiffusionModel, classifier: DigitClassifier, test_images: torch.Tensor, *,
+                   ablation: Ablation = Ablation(), num: int = 256, sampler: str = "ddim", steps: int = 50,
+                   guidance: float = 3.0, seed: int = 0, eps_images: int = 512, per_digit: int = 25) -> dict:
+    """Every number of DESIGN.md's `evaluate` for one model × ablation, as a JSON-ready dict."""
+    half = len(test_images) // 2
+    reference = reference_features(classifier, test_images[half:half + num]) if len(test_images) >= half + num else \
+        reference_features(classifier, test_images)
+    samples = sample(model, SampleSettings(sampler=sampler, steps=steps, seed=seed, batch=num, label=None,
+                                           guidance=guidance, ablation=ablation)).final
+    quality = sample_quality(classifier, samples, reference)
+    result = {"model": model.name, "ablation": ablation.to_dict(), "sampler": sampler, "steps": steps, "num": num,
+              **quality.as_dict(),
+              "eps_mse": {str(t): v for t, v in eps_mse_per_timestep(model, test_images[:eps_images], ablation=ablation, seed=seed).items()}}
+    if model.null_label is not None:
+        digits = tuple(d for d in range(model.null_label) for _ in range(per_digit))
+        conditional = sample(model, SampleSettings(sampler=sampler, steps=steps, seed=seed + 1, batch=len(digits),
+                                                   label=digits, guidance=guidance, ablation=ablation)).final
+        predicted = classify(classifier, conditional)[0].argmax(1)
+        result["digit_accuracy"] = (predicted == torch.tensor(digits)).double().mean().item()
+        result["guidance"] = guidance
+    return result
+
+
+def real_baseline(classifier: DigitClassifier, test_images: torch.Tensor, num: int) -> dict:
+    """The same numbers for two disjoint sets of real test digits: what "as good as data" means."""
+    half = len(test_images) // 2
+    first, second = test_images[:num], test_images[half:half + num]
+    quality = sample_quality(classifier, first, reference_features(classifier, second))
+    return quality.as_dict()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m playground.evaluate", description="Sample quality and ε-error of a model.")
+    p.add_argument("--model", required=True, help="pipeline folder, e.g. weights/mnist")
+    p.add_argument("--classifier", default="weights/classifier")
+    p.add_argument("--data-dir", default="../shared/data/mnist", help="MNIST folder (the test split is used)")
+    p.add_argument("--ablate", action="append", default=[], metavar="SPEC", help="skip:RES=SCALE, attn:SITE, attn:all, time")
+    p.add_argument("--num", type=int, default=256, help="unconditional samples to judge (1-256)")
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline", action="store_true", help="also report two disjoint sets of real test digits")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    try:
+        if not 1 <= args.num <= 256:
+            raise ValueError(f"--num must be from 1 to 256, got {args.num}")
+        SampleSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed)  # argument checks
+        model = load_pipeline(args.model)
+        ablation = parse_ablation_specs(args.ablate, model.unet.skip_resolutions, model.unet.attention_sites)
+        classifier = load_classifier(args.classifier)
+        test_images, _ = load_mnist(args.data_dir, "test")
+        result = evaluate_model(model, classifier, test_images, ablation=ablation, num=args.num, sampler=args.sampler,
+                                steps=args.steps, guidance=args.guidance, seed=args.seed)
+        if args.baseline:
+            result["real_baseline"] = real_baseline(classifier, test_images, args.num)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The models in a weights folder: found by their layout, loaded once, failures kept with their reason.
+
+A folder counts as a diffusion model when it holds `model_index.json` and `unet/`; the digit classifier
+lives in `classifier/`. Names are folder names; a user's choice is looked up among them, never joined
+onto a path, so no input can reach the filesystem.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from .classifier import DigitClassifier, load_classifier
+from .data import load_mnist
+from .sampling import DiffusionModel, load_pipeline
+
+HELDOUT_DIR = Path(__file__).parent / "assets" / "mnist-heldout"
+
+
+class ModelRegistry:
+    """Discovers pipeline folders under `root`; loads each on first use, thread-safely, at most once."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._models: dict[str, DiffusionModel] = {}
+        self._errors: dict[str, str] = {}
+        self._classifier: DigitClassifier | None = None
+        self._heldout: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.names = sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and (p / "model_index.json").is_file()
+        ) if self.root.is_dir() else []
+
+    def load_all(self) -> dict[str, str]:
+        """Try every model; returns name -> error message for those that failed."""
+        for name in self.names:
+            try:
+                self.get(name)
+            except ValueError:
+                pass
+        return dict(self._errors)
+
+    @property
+    def available(self) -> list[str]:
+        return [n for n in self.names if n not in self._errors]
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return dict(self._errors)
+
+    def get(self, name: str) -> DiffusionModel:
+        if name not in self.names:
+            raise ValueError(f"unknown model {name!r}; available: {self.names or 'none'}")
+        with self._lock:
+            if name in self._errors:
+                raise ValueError(f"model {name!r} failed to load: {self._errors[name]}")
+            if name not in self._models:
+                try:
+                    self._models[name] = load_pipeline(self.root / name, name=name)
+                except Exception as error:  # any broken file must not take the app down
+                    self._errors[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                    raise ValueError(f"model {name!r} failed to load: {self._errors[name]}") from None
+            return self._models[name]
+
+    def classifier(self) -> DigitClassifier | None:
+        """Our digit classifier, or None when the weights folder has none (quality numbers are then off)."""
+        with self._lock:
+            if self._classifier is None and (self.root / "classifier" / "config.json").is_file():
+                self._classifier = load_classifier(self.root / "classifier")
+            return self._classifier
+
+    def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Held-out MNIST test digits shipped with the library (for ε-error in the app)."""
+        with self._lock:
+            if self._heldout is None:
+                self._heldout = load_mnist(HELDOUT_DIR, "test")
+            return self._heldout

@@ -1,0 +1,271 @@
+"""The reverse process on diffusers schedulers, with every step kept for looking at later.
+
+`sample(model, settings)` runs one reverse process from seeded noise and returns a `Trajectory`:
+for every step, the timestep t, the model's input x_t, its noise prediction ε̂ and the clean image it
+implies, x̂0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t. Scrubbing through a trajectory never calls the model again.
+`compare(a, b)` runs two models or ablations from the *same* noise and reports how far they drift apart.
+
+Class-conditional models (our flagship) use classifier-free guidance: ε̂ = ε̂_∅ + w·(ε̂_y − ε̂_∅),
+where ∅ is the null label (the last class index); both halves go through the network in one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from .ablation import Ablation
+from .unet import PlaygroundUNet
+
+SAMPLERS = {
+    "ddpm": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+}
+MAX_STEPS = 1000
+MAX_BATCH = 256
+MAX_GUIDANCE = 30.0
+
+
+@dataclass
+class DiffusionModel:
+    """A U-Net and the noise schedule it was trained with: what `weights/<name>/` holds."""
+
+    name: str
+    unet: PlaygroundUNet
+    scheduler_config: dict
+
+    @property
+    def null_label(self) -> int | None:
+        """The label that means "no digit" (the last class), or None for an unconditional model."""
+        classes = self.unet.config.num_class_embeds
+        return None if classes is None else classes - 1
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, height, width)
+
+
+def load_pipeline(path: str | Path, name: str | None = None) -> DiffusionModel:
+    """Load a diffusers pipeline folder (unet/ + scheduler/), safetensors only; never unpickles."""
+    path = Path(path)
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    if not (path / "unet").is_dir():
+        raise ValueError(f"{path}: not a pipeline folder (no unet/ subfolder)")
+    try:
+        scheduler_config = json.loads(scheduler_file.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{scheduler_file}: missing (the noise schedule the model was trained with)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{scheduler_file}: invalid JSON ({error})") from None
+    unet = PlaygroundUNet.from_pretrained(path, subfolder="unet", use_safetensors=True).eval()
+    unet.requires_grad_(False)
+    return DiffusionModel(name=name or path.name, unet=unet, scheduler_config=scheduler_config)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Everything that determines a trajectory's pixels (hashable: a cache key).
+
+    label: a digit for every sample, None for the null label (unconditional), or one label per sample.
+    guidance: classifier-free guidance scale w (1 = plain conditional; ignored without a digit).
+    """
+
+    sampler: str = "ddim"
+    steps: int = 50
+    seed: int = 0
+    batch: int = 16
+    label: int | tuple[int, ...] | None = None
+    guidance: float = 3.0
+    ablation: Ablation = field(default_factory=Ablation)
+    capture_steps: tuple[int, ...] = ()  # step indices whose feature maps are kept
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
+        if not isinstance(self.batch, int) or not 1 <= self.batch <= MAX_BATCH:
+            raise ValueError(f"batch must be a whole number from 1 to {MAX_BATCH}, got {self.batch!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be a whole number from 0 to 2**63-1, got {self.seed!r}")
+        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance) or not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE}, got {self.guidance!r}")
+        if not isinstance(self.ablation, Ablation):
+            raise ValueError(f"ablation must be an Ablation, got {type(self.ablation).__name__}")
+        if isinstance(self.label, list):
+            object.__setattr__(self, "label", tuple(self.label))
+        object.__setattr__(self, "capture_steps", tuple(sorted(set(self.capture_steps))))
+        if any(not 0 <= s < self.steps for s in self.capture_steps):
+            raise ValueError(f"capture_steps must be step indices from 0 to {self.steps - 1}, got {self.capture_steps}")
+
+
+@dataclass
+class Trajectory:
+    """One reverse process, every step kept. Index i is the i-th model call (t decreasing).
+
+    timesteps: (S,) long. x_t: (S+1, B, C, H, W) — x_t[i] is the model's input at step i and
+    x_t[S] the final sample. eps: (S, B, C, H, W) ε̂ (guided). x0: (S, B, C, H, W) x̂0 implied by ε̂.
+    features: step index -> {feature name -> (B, C, h, w)} for the steps in settings.capture_steps.
+    """
+
+    settings: SampleSettings
+    model_name: str
+    timesteps: torch.Tensor
+    x_t: torch.Tensor
+    eps: torch.Tensor
+    x0: torch.Tensor
+    features: dict[int, dict[str, torch.Tensor]]
+
+    @property
+    def final(self) -> torch.Tensor:
+        """(B, C, H, W) the generated images in [-1, 1] (not clipped)."""
+        return self.x_t[-1]
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def nbytes(self) -> int:
+        tensors = [self.timesteps, self.x_t, self.eps, self.x0]
+        tensors += [t for step in self.features.values() for t in step.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def make_scheduler(model: DiffusionModel, sampler: str, steps: int):
+    scheduler_class, overrides = SAMPLERS[sampler]
+    scheduler = scheduler_class.from_config(model.scheduler_config, **overrides)
+    if steps > scheduler.config.num_train_timesteps:
+        raise ValueError(f"steps must be at most the {scheduler.config.num_train_timesteps} training timesteps, got {steps}")
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def initial_noise(model: DiffusionModel, settings: SampleSettings) -> torch.Tensor:
+    """The seeded starting noise (B, C, H, W): same seed and shape, same noise, whatever the model."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    return torch.randn((settings.batch, *model.image_shape), generator=generator)
+
+
+def class_labels(model: DiffusionModel, settings: SampleSettings) -> torch.Tensor | None:
+    """(B,) labels for the conditional pass, or None for an unconditional model."""
+    if model.null_label is None:
+        if settings.label is not None:
+            raise ValueError(f"label: model {model.name!r} is not class-conditional; use label=None")
+        return None
+    label = settings.label
+    labels = [model.null_label] * settings.batch if label is None else (
+        [label] * settings.batch if isinstance(label, int) else list(label))
+    if len(labels) != settings.batch:
+        raise ValueError(f"label: {len(labels)} labels given for a batch of {settings.batch}")
+    if any(not isinstance(y, int) or not 0 <= y <= model.null_label for y in labels):
+        raise ValueError(f"label must be a digit from 0 to {model.null_label - 1} (or None for no digit), got {label!r}")
+    return torch.tensor(labels, dtype=torch.long)
+
+
+@torch.inference_mode()
+def sample(model: DiffusionModel, settings: SampleSettings, progress=None) -> Trajectory:
+    """Run the reverse process and keep every step. `progress(i, steps)` is called after each step."""
+    scheduler = make_scheduler(model, settings.sampler, settings.steps)
+    unet = model.unet
+    x = initial_noise(model, settings).to(unet.device, unet.dtype)
+    labels = class_labels(model, settings)
+    guided = labels is not None and settings.guidance != 1.0 and bool((labels != model.null_label).any())
+    if guided:
+        # one forward for both halves: [conditional | unconditional]
+        model_labels = torch.cat([labels, torch.full_like(labels, model.null_label)])
+    else:
+        model_labels = labels
+    # DDPM adds fresh noise at every step: draw it from its own seeded generator
+    step_kwargs = {"generator": torch.Generator().manual_seed(settings.seed + 1)} if settings.sampler == "ddpm" else {}
+
+    timesteps = scheduler.timesteps
+    steps = len(timesteps)
+    x_t = torch.empty((steps + 1, *x.shape), dtype=x.dtype)
+    eps_all = torch.empty((steps, *x.shape), dtype=x.dtype)
+    x0_all = torch.empty((steps, *x.shape), dtype=x.dtype)
+    alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+    features: dict[int, dict[str, torch.Tensor]] = {}
+    capture = set(settings.capture_steps)
+
+    for i, t in enumerate(timesteps):
+        x_t[i] = x
+        model_input = torch.cat([x, x]) if guided else x
+        out = unet(model_input, t, model_labels, ablation=settings.ablation, capture_features=i in capture)
+        eps = out.sample
+        if guided:
+            eps_cond, eps_uncond = eps.chunk(2)
+            eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
+        if i in capture:
+            features[i] = {name: f[: settings.batch] for name, f in out.features.items()}
+        a = alphas_cumprod[int(t)]
+        eps_all[i] = eps
+        torch.mul(x - math.sqrt(1 - a) * eps, 1 / math.sqrt(a), out=x0_all[i])
+        x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+        if progress is not None:
+            progress(i + 1, steps)
+    x_t[steps] = x
+    if not torch.isfinite(x).all():
+        raise FloatingPointError("the reverse process produced NaN or infinite values")
+    return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features)
+
+
+@dataclass
+class Comparison:
+    """Runs A and B from the same noise, and how far apart they are at every step."""
+
+    a: Trajectory
+    b: Trajectory
+
+    def __post_init__(self):
+        if len(self.a) != len(self.b) or self.a.final.shape != self.b.final.shape:
+            raise ValueError("A and B must have the same steps and batch to be compared")
+
+    def per_step_difference(self, quantity: str = "x0") -> torch.Tensor:
+        """(S,) mean |A − B| of x_t, eps or x0 at every step (pixel units of [-1, 1])."""
+        if quantity not in ("x_t", "eps", "x0"):
+            raise ValueError(f"quantity must be one of x_t, eps, x0; got {quantity!r}")
+        a, b = getattr(self.a, quantity), getattr(self.b, quantity)
+        return (a[: len(self.a)] - b[: len(self.b)]).abs().flatten(1).mean(1)
+
+    def final_difference(self) -> torch.Tensor:
+        """(B,) mean |A − B| of each final image."""
+        return (self.a.final - self.b.final).abs().flatten(1).mean(1)
+
+
+def compare(model_a: DiffusionModel, model_b: DiffusionModel, settings: SampleSettings,
+            ablation_b: Ablation | None = None, progress=None) -> Comparison:
+    """A = model_a with settings.ablation; B = model_b with ablation_b (default: the same), same noise."""
+    a = sample(model_a, settings, progress)
+    b = sample(model_b, replace(settings, ablation=ablation_b if ablation_b is not None else settings.ablation), progress)
+    return Comparison(a, b)
+
+
+def digits_cycle(batch: int) -> tuple[int, ...]:
+    """0, 1, ..., 9, 0, 1, ... for a batch that shows every digit."""
+    return tuple(i % 10 for i in range(batch))
+
+
+@torch.inference_mode()
+def features_at(model: DiffusionModel, trajectory: Trajectory, step: int, sample_index: int = 0) -> dict[str, torch.Tensor]:
+    """name -> (C, h, w): every feature map of one sample at one step, from the conditional pass.
+
+    Uses the features kept during sampling when `step` was in `capture_steps`; otherwise one forward at
+    batch 1 on the stored x_t (the same input and label the trajectory used), so no step is re-run.
+    """
+    if not 0 <= step < len(trajectory):
+        raise ValueError(f"step must be from 0 to {len(trajectory) - 1}, got {step}")
+    if not 0 <= sample_index < trajectory.settings.batch:
+        raise ValueError(f"sample_index must be from 0 to {trajectory.settings.batch - 1}, got {sample_index}")
+    if step in trajectory.features:
+        return {name: f[sample_index] for name, f in trajectory.features[step].items()}
+    labels = class_labels(model, trajectory.settings)
+    label = None if labels is None else labels[sample_index:sample_index + 1]
+    x = trajectory.x_t[step, sample_index:sample_index + 1].to(model.unet.device, model.unet.dtype)
+    out = model.unet(x, trajectory.timesteps[step], label, ablation=trajectory.settings.ablation, capture_features=True)
+    return {name: f[0] for name, f in out.features.items()}

@@ -1,0 +1,310 @@
+"""Train a PlaygroundUNet as a DDPM ε-predictor on MNIST, with classifier-free guidance labels.
+
+    python -m playground.train --data-dir ../shared/data/mnist --out weights/mnist
+    python -m playground.train ... --resume                   # continue a killed run where it stopped
+    python -m playground.train ... --ablation skip:all=0      # a variant trained without skips
+    python -m playground.train ... --init-from weights/mnist  # start from shipped weights
+
+The recipe: AdamW, linear warmup then cosine decay, gradient clipping, EMA weights (those are
+shipped), DDPMScheduler noise. Labels 0-9 are digits; with probability --uncond-prob a label is
+replaced by the null label (the last class index), so one model samples both with and without a digit.
+
+Reproducible and resumable by construction: the data order of epoch e is a permutation seeded by
+(seed, e) and the noise of step s is drawn from a generator seeded by (seed, s), so a run killed at any
+step and resumed from its last checkpoint continues exactly as if it had not been stopped. Checkpoints
+hold model, EMA and optimizer tensors in safetensors (never pickle). Runs through accelerate, so the
+same command uses a GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+
+from .ablation import parse_ablation_specs
+from .data import load_mnist
+from .unet import PlaygroundUNet
+
+CHECKPOINT_TENSORS = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    out: str
+    checkpoint_dir: str | None = None
+    epochs: float = 8.0
+    batch_size: int = 64
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05  # cosine decays to this share of lr, not to zero: the last steps still learn
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    uncond_prob: float = 0.15  # share of labels replaced by the null label (classifier-free guidance)
+    seed: int = 0
+    limit: int | None = None  # use only the first N training images (smoke tests)
+    log_every: int = 50
+    checkpoint_every: int = 500
+    export_every: int = 2000  # also write the EMA weights to --out, so a session end still ships something
+    ablation: list[str] = field(default_factory=list)
+    init_from: str | None = None
+    resume: bool = False
+    stop_after: int | None = None  # checkpoint and stop at this step, as if killed (to test --resume)
+    threads: int | None = None
+    # architecture (flagship defaults: 3 levels 28/14/7, attention at 14, 7 and the bottleneck)
+    block_out_channels: tuple[int, ...] = (32, 64, 96)
+    layers_per_block: int = 1
+    attention_levels: tuple[int, ...] = (1, 2)
+    attention_head_dim: int = 16
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+
+
+def flagship_unet_config(cfg: TrainConfig) -> dict:
+    levels = len(cfg.block_out_channels)
+    down = tuple("AttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in range(levels))
+    up = tuple("AttnUpBlock2D" if levels - 1 - i in cfg.attention_levels else "UpBlock2D" for i in range(levels))
+    return dict(
+        sample_size=28, in_channels=1, out_channels=1, block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block, down_block_types=down, up_block_types=up,
+        attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, num_class_embeds=11,
+    )
+
+
+def build_model(cfg: TrainConfig) -> PlaygroundUNet:
+    if cfg.init_from:
+        model = PlaygroundUNet.from_pretrained(cfg.init_from, subfolder="unet")
+        if cfg.ablation:
+            raise ValueError("--ablation with --init-from: the training ablation comes from the loaded config")
+        return model
+    probe = PlaygroundUNet(**flagship_unet_config(cfg))
+    ablation = parse_ablation_specs(cfg.ablation, probe.skip_resolutions, probe.attention_sites)
+    if ablation.is_intact:
+        return probe
+    return PlaygroundUNet(**flagship_unet_config(cfg), training_ablation=ablation.to_dict())
+
+
+def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def export_pipeline(model: PlaygroundUNet, ema: EMAModel, scheduler: DDPMScheduler, out: Path, card: dict) -> None:
+    """Write the EMA weights as a diffusers DDPMPipeline folder (what `weights/<name>/` holds)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ema_model = PlaygroundUNet.from_config(model.config)
+    ema.copy_to(ema_model.parameters())
+    ema_model.save_pretrained(tmp / "unet", safe_serialization=True)
+    scheduler.save_pretrained(tmp / "scheduler")
+    (tmp / "model_index.json").write_text(
+        json.dumps({"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
+                    "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=2) + "\n"
+    )
+    (tmp / "training.json").write_text(json.dumps(card, indent=2) + "\n")
+    if (out / "README.md").exists():
+        shutil.copy(out / "README.md", tmp / "README.md")  # keep the model card written by hand
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def save_checkpoint(directory: Path, model, ema: EMAModel, optimizer, state: dict) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{i}": p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}
+    for i, param in enumerate(optimizer.param_groups[0]["params"]):
+        for key, value in optimizer.state.get(param, {}).items():
+            tensors[f"optim.{i}.{key}"] = value.detach().reshape(-1).contiguous() if value.dim() == 0 else value.detach().contiguous()
+    state = dict(state, ema_step=ema.optimization_step)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, directory / (CHECKPOINT_TENSORS + ".tmp"))
+    (directory / (CHECKPOINT_STATE + ".tmp")).write_text(json.dumps(state, indent=2))
+    # rename last, so a kill mid-write leaves the previous checkpoint whole
+    os.replace(directory / (CHECKPOINT_TENSORS + ".tmp"), directory / CHECKPOINT_TENSORS)
+    os.replace(directory / (CHECKPOINT_STATE + ".tmp"), directory / CHECKPOINT_STATE)
+
+
+def load_checkpoint(directory: Path, model, ema: EMAModel, optimizer) -> dict:
+    tensors = load_file(directory / CHECKPOINT_TENSORS)
+    state = json.loads((directory / CHECKPOINT_STATE).read_text())
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, shadow in enumerate(ema.shadow_params):
+        shadow.data.copy_(tensors[f"ema.{i}"])
+    ema.optimization_step = state["ema_step"]
+    for i, param in enumerate(optimizer.param_groups[0]["params"]):
+        entries = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"optim.{i}.")}
+        if entries:
+            entries["step"] = entries["step"].reshape(())
+            optimizer.state[param] = {k: v.to(param.device) for k, v in entries.items()}
+    return state
+
+
+def train(cfg: TrainConfig) -> Path:
+    from accelerate import Accelerator
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator()
+    device = accelerator.device
+    out = Path(cfg.out)
+    checkpoint_dir = Path(cfg.checkpoint_dir or Path("checkpoints") / out.name)
+
+    images, labels = load_mnist(cfg.data_dir, "train", limit=cfg.limit)
+    images, labels = images.to(device), labels.to(device)
+    steps_per_epoch = len(images) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(images)} training images")
+    total_steps = int(cfg.epochs * steps_per_epoch)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    null_label = model.config.num_class_embeds - 1
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    ema = EMAModel(unwrapped.parameters(), decay=cfg.ema_decay, foreach=True)
+    ema.to(device)
+
+    step, wall_before = 0, 0.0
+    if cfg.resume and (checkpoint_dir / CHECKPOINT_STATE).exists():
+        state = load_checkpoint(checkpoint_dir, unwrapped, ema, optimizer)
+        step, wall_before = state["step"], state["wall_seconds"]
+        accelerator.print(f"resumed from {checkpoint_dir} at step {step}/{total_steps}")
+    elif cfg.resume:
+        accelerator.print(f"no checkpoint in {checkpoint_dir}; starting fresh")
+
+    def card() -> dict:
+        return {"train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                "steps": step, "epochs_done": round(step / steps_per_epoch, 3), "images_seen": step * cfg.batch_size,
+                "wall_seconds": round(wall_before + time.perf_counter() - started, 1), "device": str(device),
+                "torch_threads": torch.get_num_threads(), "final_loss_ema": loss_ema}
+
+    started, loss_ema, window_start, window_step = time.perf_counter(), None, time.perf_counter(), step
+    model.train()
+    while step < total_steps:
+        epoch, position = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        batch_index = order[position * cfg.batch_size:(position + 1) * cfg.batch_size].to(device)
+        noise_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+
+        x0, y = images[batch_index], labels[batch_index]  # (B, 1, 28, 28), (B,)
+        noise = torch.randn(x0.shape, generator=noise_rng, device=device)
+        t = torch.randint(0, cfg.num_train_timesteps, (len(x0),), generator=noise_rng, device=device)
+        drop = torch.rand(len(x0), generator=noise_rng, device=device) < cfg.uncond_prob
+        y = torch.where(drop, torch.full_like(y, null_label), y)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # what DDPMScheduler.add_noise computes
+
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, total_steps, cfg)
+        loss = F.mse_loss(model(x_t, t, y).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema.step(unwrapped.parameters())
+        step += 1
+
+        value = loss.item()
+        loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
+        if step % cfg.log_every == 0 or step == total_steps:
+            now = time.perf_counter()
+            rate = (step - window_step) * cfg.batch_size / (now - window_start)
+            window_start, window_step = now, step
+            accelerator.print(
+                f"step {step}/{total_steps} epoch {step / steps_per_epoch:.2f} loss {value:.4f} (avg {loss_ema:.4f}) "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.0f} img/s",
+                flush=True,
+            )
+        stopping = step == cfg.stop_after
+        if step % cfg.checkpoint_every == 0 or step == total_steps or stopping:
+            save_checkpoint(checkpoint_dir, unwrapped, ema, optimizer,
+                            {"step": step, "wall_seconds": wall_before + time.perf_counter() - started})
+        if stopping:
+            accelerator.print(f"stopped after step {step} (--stop-after); continue with --resume", flush=True)
+            return out  # as if killed right after the checkpoint: no export
+        if step % cfg.export_every == 0 or step == total_steps:
+            export_pipeline(unwrapped, ema, scheduler, out, card())
+    if total_steps == 0 or not (out / "unet").exists():
+        export_pipeline(unwrapped, ema, scheduler, out, card())
+    return out
+
+
+def parse_args(argv=None) -> TrainConfig:
+    defaults = TrainConfig(data_dir="", out="")
+    p = argparse.ArgumentParser(prog="python -m playground.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", required=True, help="folder with the MNIST gzip IDX files")
+    p.add_argument("--out", required=True, help="pipeline folder to write (e.g. weights/mnist)")
+    p.add_argument("--checkpoint-dir", help="where checkpoints go (default checkpoints/<out name>)")
+    p.add_argument("--epochs", type=float, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
+    p.add_argument("--uncond-prob", type=float, default=defaults.uncond_prob)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--limit", type=int, help="train on the first N images only")
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--export-every", type=int, default=defaults.export_every)
+    p.add_argument("--ablation", action="append", default=[], metavar="SPEC",
+                   help="train with a part switched off throughout: skip:all=0, attn:all, skip:14=0, attn:SITE, time")
+    p.add_argument("--init-from", help="start from a shipped pipeline folder")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint, if any")
+    p.add_argument("--stop-after", type=int, metavar="STEP",
+                   help="checkpoint and stop at this step, as if killed (for testing --resume)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--block-out-channels", type=int, nargs="+", default=list(defaults.block_out_channels))
+    p.add_argument("--layers-per-block", type=int, default=defaults.layers_per_block)
+    p.add_argument("--attention-levels", type=int, nargs="*", default=list(defaults.attention_levels))
+    p.add_argument("--beta-schedule", default=defaults.beta_schedule, choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
+    args = p.parse_args(argv)
+    if args.epochs <= 0 or args.batch_size < 1 or args.lr <= 0:
+        p.error("--epochs, --batch-size and --lr must be positive")
+    if not 0 <= args.uncond_prob < 1:
+        p.error("--uncond-prob must be in [0, 1)")
+    if args.stop_after is not None and args.stop_after < 1:
+        p.error("--stop-after must be at least 1")
+    values = {k: v for k, v in vars(args).items()}
+    values["block_out_channels"] = tuple(values["block_out_channels"])
+    values["attention_levels"] = tuple(values["attention_levels"])
+    return TrainConfig(**values)
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_args(argv)
+        train(cfg)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

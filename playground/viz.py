@@ -1,0 +1,194 @@
+"""Tensors -> pictures: image grids, feature-map views, difference maps, figures and GIFs.
+
+Conventions: images live in [-1, 1] and are shown in grey; signed quantities (ε̂, differences, feature
+maps) on a diverging map centred on zero (blue < 0 < red) with a symmetric range the caller chooses;
+magnitudes on a sequential map. Colour maps are 256-entry lookup tables built once, so colouring a map
+is one indexing operation — these run inside slider events.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+DIVERGING = "RdBu_r"
+SEQUENTIAL = "magma"
+RANGE_MODES = ("channel", "block", "global")
+
+
+@lru_cache(maxsize=None)
+def colour_table(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a matplotlib colour map."""
+    return (plt.get_cmap(name)(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def _as_numpy(t) -> np.ndarray:
+    return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
+
+
+def grey(images: torch.Tensor) -> np.ndarray:
+    """(..., H, W) in [-1, 1] -> uint8 (..., H, W), clipped."""
+    return np.clip((_as_numpy(images) + 1) * 127.5, 0, 255).round().astype(np.uint8)
+
+
+def colourise(values, vmin: float, vmax: float, cmap: str = DIVERGING) -> np.ndarray:
+    """Any-shaped array -> uint8 RGB (..., 3) through a colour map over [vmin, vmax]."""
+    values = _as_numpy(values)
+    span = max(vmax - vmin, 1e-12)
+    index = np.clip((values - vmin) / span * 255, 0, 255).astype(np.uint8)
+    return colour_table(cmap)[index]
+
+
+def signed_range(values) -> float:
+    """The symmetric range ±v that holds all values (never 0, so a blank map stays white)."""
+    return max(float(np.abs(_as_numpy(values)).max()), 1e-6)
+
+
+def enlarge(array: np.ndarray, size: int) -> Image.Image:
+    """uint8 (H, W) or (H, W, 3) -> PIL image of about `size` pixels tall, pixels kept sharp."""
+    image = Image.fromarray(array)
+    factor = max(1, round(size / image.height))
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def tile(arrays: list[np.ndarray], columns: int, pad: int = 1, fill: int = 255) -> np.ndarray:
+    """Lay equally sized uint8 (H, W[, 3]) arrays on a grid with `pad` pixels between them."""
+    if not arrays:
+        raise ValueError("nothing to tile")
+    h, w = arrays[0].shape[:2]
+    extra = arrays[0].shape[2:]
+    columns = max(1, min(columns, len(arrays)))
+    rows = -(-len(arrays) // columns)
+    canvas = np.full((rows * (h + pad) - pad, columns * (w + pad) - pad, *extra), fill, dtype=np.uint8)
+    for k, array in enumerate(arrays):
+        r, c = divmod(k, columns)
+        canvas[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = array
+    return canvas
+
+
+def image_grid(images: torch.Tensor, columns: int | None = None, size: int = 0) -> Image.Image:
+    """(B, 1, H, W) images in [-1, 1] -> one grey grid; enlarged to about `size` px per row if given."""
+    pixels = grey(images[:, 0])
+    columns = columns or int(np.ceil(np.sqrt(len(pixels))))
+    grid = tile(list(pixels), columns, pad=2)
+    rows = -(-len(pixels) // columns)
+    return enlarge(grid, size * rows) if size else Image.fromarray(grid)
+
+
+def signed_grid(values: torch.Tensor, vmax: float | None = None, columns: int | None = None, size: int = 0) -> Image.Image:
+    """(B, 1, H, W) signed values (ε̂, a difference) -> diverging-colour grid over ±vmax."""
+    vmax = vmax or signed_range(values)
+    coloured = colourise(values[:, 0], -vmax, vmax)
+    columns = columns or int(np.ceil(np.sqrt(len(coloured))))
+    grid = tile(list(coloured), columns, pad=2)
+    rows = -(-len(coloured) // columns)
+    return enlarge(grid, size * rows) if size else Image.fromarray(grid)
+
+
+def channel_grid(feature: torch.Tensor, range_mode: str = "channel", global_vmax: float | None = None,
+                 max_channels: int = 64, size: int = 0) -> tuple[Image.Image, float]:
+    """(C, h, w) feature map -> grid of its channels on the diverging map, and the range used.
+
+    range_mode "channel": each channel over its own ±max (shapes visible, magnitudes not comparable);
+    "block": one ±max for the whole block; "global": ±global_vmax shared across blocks (given by caller).
+    """
+    if range_mode not in RANGE_MODES:
+        raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {range_mode!r}")
+    values = _as_numpy(feature[:max_channels])
+    if range_mode == "channel":
+        vmax = np.maximum(np.abs(values).reshape(len(values), -1).max(1), 1e-6)[:, None, None]
+        coloured = colourise(values / vmax, -1.0, 1.0)
+        shown = float(vmax.max())
+    else:
+        shown = global_vmax if range_mode == "global" and global_vmax else signed_range(values)
+        coloured = colourise(values, -shown, shown)
+    columns = int(np.ceil(np.sqrt(len(values))))
+    grid = tile(list(coloured), columns, pad=1)
+    return (enlarge(grid, size) if size else Image.fromarray(grid)), shown
+
+
+def mean_abs_map(feature: torch.Tensor, size: int = 0) -> tuple[Image.Image, float]:
+    """(C, h, w) -> mean over channels of |activation| on a sequential map, and its maximum."""
+    magnitude = _as_numpy(feature).__abs__().mean(0)
+    vmax = max(float(magnitude.max()), 1e-6)
+    coloured = colourise(magnitude, 0.0, vmax, SEQUENTIAL)
+    return (enlarge(coloured, size) if size else Image.fromarray(coloured)), vmax
+
+
+def pca_rgb(feature: torch.Tensor, size: int = 0) -> tuple[Image.Image, list[float]]:
+    """(C, h, w) -> the three principal directions of its per-pixel C-vectors as R, G, B.
+
+    Pixels of similar colour have similar feature vectors. Returns the image and the share of variance
+    each of the three components explains.
+    """
+    c, h, w = feature.shape
+    vectors = feature.detach().float().reshape(c, h * w).T  # (h·w, C)
+    centred = vectors - vectors.mean(0, keepdim=True)
+    if c < 3 or h * w < 3:
+        components = torch.zeros(h * w, 3)
+        shares = [0.0, 0.0, 0.0]
+    else:
+        _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+        components = centred @ vh[:3].T  # (h·w, 3)
+        variance = singular.pow(2)
+        shares = (variance[:3] / variance.sum().clamp_min(1e-12)).tolist()
+    low, high = components.min(0).values, components.max(0).values
+    rgb = ((components - low) / (high - low).clamp_min(1e-6) * 255).round().to(torch.uint8).reshape(h, w, 3).numpy()
+    return (enlarge(rgb, size) if size else Image.fromarray(rgb)), shares
+
+
+def colour_bar(vmin: float, vmax: float, cmap: str = DIVERGING, label: str = "", width: int = 256) -> Image.Image:
+    """A small horizontal legend for a colour map over [vmin, vmax]."""
+    fig, ax = plt.subplots(figsize=(width / 100, 0.55), dpi=100)
+    fig.subplots_adjust(left=0.04, right=0.96, bottom=0.55, top=0.95)
+    ax.imshow(np.linspace(0, 1, 256)[None, :], aspect="auto", cmap=cmap, extent=(vmin, vmax, 0, 1))
+    ax.set_yticks([])
+    ax.tick_params(labelsize=7)
+    if label:
+        ax.set_xlabel(label, fontsize=7, labelpad=1)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def trajectory_frames(trajectory, quantity: str = "x0", columns: int | None = None, size: int = 0) -> list[Image.Image]:
+    """One grid image per step of x_t or x0 (plus the final sample), for a GIF or a strip."""
+    if quantity not in ("x_t", "x0"):
+        raise ValueError(f"quantity must be x_t or x0, got {quantity!r}")
+    stack = trajectory.x_t if quantity == "x_t" else torch.cat([trajectory.x0, trajectory.final[None]])
+    return [image_grid(frame, columns, size) for frame in stack]
+
+
+def save_gif(frames: list[Image.Image], path_or_buffer, frame_ms: int = 60, hold_last_ms: int = 1200) -> None:
+    """Write frames as a looping GIF; the final frame is held so the result can be seen."""
+    durations = [frame_ms] * (len(frames) - 1) + [hold_last_ms]
+    frames[0].save(path_or_buffer, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+
+
+def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str, logy: bool = False, invert_x: bool = False):
+    """One line per label: curves[label] = (x values, y values). Returns a matplotlib Figure."""
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
+    for label, (x, y) in curves.items():
+        ax.plot(_as_numpy(x), _as_numpy(y), label=label, linewidth=1.6)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if invert_x:
+        ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,49 @@
+"""Shared fixtures for the specification tests.
+
+Every model here is a few thousand parameters at 8-16 pixels, so the whole suite runs in seconds on a
+busy 2-core machine. Weights are always randomised with a fixed seed (`helpers.randomize`), so
+zero-initialised layers cannot hide a difference and every run sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the network
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from more threads
+
+from helpers import MNIST_SLICE, THREE_LEVEL_UNET, TINY_UNET, build_unet, make_input
+from playground import PlaygroundUNet
+
+
+@pytest.fixture
+def tiny_unet() -> PlaygroundUNet:
+    return build_unet(TINY_UNET)
+
+
+@pytest.fixture
+def three_level_unet() -> PlaygroundUNet:
+    return build_unet(THREE_LEVEL_UNET)
+
+
+@pytest.fixture
+def sample_input(three_level_unet) -> torch.Tensor:
+    """A batch of 2 inputs for `three_level_unet`."""
+    return make_input(three_level_unet)
+
+
+@pytest.fixture
+def timesteps() -> torch.Tensor:
+    """One timestep per batch element, far apart, so a per-sample mix-up would show."""
+    return torch.tensor([3, 871])
+
+
+@pytest.fixture
+def mnist_slice() -> Path:
+    return MNIST_SLICE

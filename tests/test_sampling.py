@@ -1,0 +1,165 @@
+"""The reverse process, comparisons, evaluation numbers and the CLIs, on tiny random models."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from playground import Ablation, SampleSettings, compare, features_at, load_pipeline, sample
+from playground.evaluate import eps_mse_per_timestep, frechet_distance, radial_spectrum, sample_quality
+from playground.classifier import load_classifier
+from tiny_weights import make_tiny_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def model(weights):
+    return load_pipeline(weights / "tiny")
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_same_settings_give_the_same_pixels(model, sampler):
+    settings = SampleSettings(sampler=sampler, steps=5, seed=3, batch=2, label=7)
+    assert torch.equal(sample(model, settings).final, sample(model, settings).final)
+
+
+def test_a_different_seed_gives_different_pixels(model):
+    a = sample(model, SampleSettings(steps=3, seed=1, batch=2)).final
+    b = sample(model, SampleSettings(steps=3, seed=2, batch=2)).final
+    assert not torch.equal(a, b)
+
+
+def test_trajectory_keeps_every_step_with_consistent_x0(model):
+    trajectory = sample(model, SampleSettings(steps=6, seed=0, batch=3, label=(1, 2, 3)))
+    assert trajectory.x_t.shape == (7, 3, 1, 28, 28) and trajectory.eps.shape == trajectory.x0.shape == (6, 3, 1, 28, 28)
+    assert trajectory.timesteps.tolist() == sorted(trajectory.timesteps.tolist(), reverse=True)
+    a = model.unet  # x̂0 is the clean image that x_t and ε̂ imply
+    from playground.sampling import make_scheduler
+    alpha = make_scheduler(model, "ddim", 6).alphas_cumprod[int(trajectory.timesteps[2])]
+    expected = (trajectory.x_t[2] - (1 - alpha).sqrt() * trajectory.eps[2]) / alpha.sqrt()
+    assert torch.allclose(trajectory.x0[2], expected, atol=1e-5) and a is model.unet
+
+
+def test_trajectory_stores_no_more_than_its_tensors(model):
+    trajectory = sample(model, SampleSettings(steps=10, seed=0, batch=4))
+    one_image_set = 4 * 28 * 28 * 4
+    assert trajectory.nbytes() <= (11 + 10 + 10) * one_image_set + 10 * 8
+
+
+def test_guidance_changes_conditional_samples_only(model):
+    low = SampleSettings(steps=4, seed=0, batch=2, label=5, guidance=1.0)
+    high = SampleSettings(steps=4, seed=0, batch=2, label=5, guidance=5.0)
+    assert not torch.equal(sample(model, low).final, sample(model, high).final)
+    unconditional = [SampleSettings(steps=4, seed=0, batch=2, label=None, guidance=g) for g in (1.0, 5.0)]
+    assert torch.equal(sample(model, unconditional[0]).final, sample(model, unconditional[1]).final)
+
+
+def test_ablated_run_differs_and_comparison_starts_from_the_same_noise(model):
+    settings = SampleSettings(steps=4, seed=0, batch=2)
+    comparison = compare(model, model, settings, ablation_b=Ablation(attention_off={"mid_block.attentions.0"}))
+    assert torch.equal(comparison.a.x_t[0], comparison.b.x_t[0])
+    assert comparison.per_step_difference("x0")[-1] > 0 and comparison.final_difference().shape == (2,)
+
+
+def test_captured_features_match_features_at(model):
+    trajectory = sample(model, SampleSettings(steps=4, seed=0, batch=2, capture_steps=(1,)))
+    kept = trajectory.features[1]
+    recomputed = features_at(model, sample(model, SampleSettings(steps=4, seed=0, batch=2)), 1, 1)
+    assert set(kept) == set(recomputed)
+    for name in kept:
+        assert torch.allclose(kept[name][1], recomputed[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("bad, named", [
+    (dict(sampler="euler"), "sampler"), (dict(steps=0), "steps"), (dict(steps=1001), "steps"), (dict(batch=0), "batch"),
+    (dict(batch=257), "batch"), (dict(guidance=float("nan")), "guidance"), (dict(seed=-1), "seed"),
+    (dict(steps=5, capture_steps=(9,)), "capture_steps"),
+])
+def test_bad_settings_raise_value_error_naming_the_argument(bad, named):
+    with pytest.raises(ValueError, match=named):
+        SampleSettings(**bad)
+
+
+def test_a_digit_for_an_unconditional_model_is_refused(weights):
+    from playground import PlaygroundUNet
+    from tiny_weights import TINY_UNET, write_pipeline
+    folder = write_pipeline(weights.parent / "uncond", PlaygroundUNet(**(TINY_UNET | {"num_class_embeds": None})))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        sample(load_pipeline(folder), SampleSettings(steps=2, batch=1, label=3))
+
+
+def test_eps_mse_uses_fixed_noise_so_reruns_agree(model):
+    images = torch.rand(8, 1, 28, 28) * 2 - 1
+    first = eps_mse_per_timestep(model, images, (0, 500, 999))
+    assert first == eps_mse_per_timestep(model, images, (0, 500, 999))
+    assert first != eps_mse_per_timestep(model, images, (0, 500, 999), ablation=Ablation(time_embedding_off=True))
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_a_shift():
+    features = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    assert abs(frechet_distance(features, features)) < 1e-6
+    assert frechet_distance(features, features + 1.0) == pytest.approx(8.0, rel=1e-3)
+
+
+def test_sample_quality_reports_shares_between_zero_and_one(weights):
+    classifier = load_classifier(weights / "classifier")
+    images = torch.rand(20, 1, 28, 28) * 2 - 1
+    quality = sample_quality(classifier, images, classifier.features(torch.rand(20, 1, 28, 28)))
+    assert 0 <= quality.confident <= 1 and 0 <= quality.class_entropy <= 1 and sum(quality.histogram) == 20
+
+
+def test_radial_spectrum_puts_a_checkerboard_at_the_highest_frequency():
+    checkerboard = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
+    frequencies, power = radial_spectrum(checkerboard[None, None])
+    assert frequencies[power.argmax()] > 0.5 and power.sum() == pytest.approx(1.0)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_sample_cli_writes_identical_png_bytes_for_identical_arguments(weights, tmp_path):
+    common = ["playground.sample", "--model", str(weights / "tiny"), "--steps", "3", "--num", "2", "--digit", "4",
+              "--ablate", "skip:14=0", "--ablate", "attn:mid_block.attentions.0", "--ablate", "time"]
+    first = run_cli(*common, "--out", str(tmp_path / "a.png"), "--gif", str(tmp_path / "a.gif"))
+    second = run_cli(*common, "--out", str(tmp_path / "b.png"))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "a.gif").read_bytes()[:3] == b"GIF"
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--ablate", "attn:nowhere"], "attention"), (["--ablate", "skip:13=0"], "resolution"), (["--sampler", "euler"], "sampler"),
+    (["--steps", "0"], "steps"), (["--steps", "1001"], "steps"), (["--num", "257"], "batch"), (["--digit", "12"], "digit"),
+])
+def test_sample_cli_refuses_bad_arguments_in_one_line(weights, tmp_path, capsys, args, named):
+    from playground.sample import main
+    status = main(["--model", str(weights / "tiny"), "--steps", "2", "--out", str(tmp_path / "x.png"), *args])
+    message = capsys.readouterr().err.strip()
+    assert status == 2 and len(message.splitlines()) == 1
+    assert message.startswith("error:") and named in message
+
+
+def test_evaluate_cli_prints_the_numbers_as_json(weights):
+    data_dir = ROOT / "playground" / "assets" / "mnist-heldout"
+    result = run_cli("playground.evaluate", "--model", str(weights / "tiny"), "--classifier", str(weights / "classifier"),
+                     "--data-dir", str(data_dir), "--num", "16", "--steps", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    numbers = json.loads(result.stdout)
+    assert {"eps_mse", "confident", "class_entropy", "fd", "digit_accuracy"} <= set(numbers)
+    assert set(numbers["eps_mse"]) >= {"0", "500", "999"}
+
+
+def test_evaluate_cli_refuses_too_many_samples(weights, capsys):
+    from playground.evaluate import main
+    assert main(["--model", str(weights / "tiny"), "--num", "300", "--json"]) == 2
+    assert "--num" in capsys.readouterr().err
