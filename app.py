@@ -153,7 +153,7 @@ def ablation_panel(registry: ModelRegistry, model_a, model_b):
     ]
     sites = gr.CheckboxGroup(choices=list(model.unet.attention_sites), value=[])
     trained = model.unet.training_ablation
-    note = "" if trained.is_intact else f"B was *trained* with {trained.to_dict()} switched off; that always applies."
+    note = "" if trained.is_intact else f"`{model.name}` was *trained* with {_describe(trained)}: that always applies to it."
     return (*sliders, sites, gr.Checkbox(value=False), note)
 
 
@@ -167,7 +167,7 @@ def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, 
     ablation_b = _ablation(b_model, skip_values, attention_off, time_off)
     total = 2 * settings.steps
     a = sample(a_model, settings, lambda i, n: progress((i, total), desc="A: intact network"))
-    b = sample(b_model, replace(settings, ablation=ablation_b), lambda i, n: progress((n + i, total), desc="B: ablated network"))
+    b = _run_b(a, a_model, b_model, ablation_b, lambda i, n: progress((n + i, total), desc="B: ablated network"))
     state = {"a": a, "b": b, "model_a": a_model.name, "model_b": b_model.name, "ablation_b": ablation_b}
     step = len(a)
     return (state, gr.Slider(maximum=step, value=step), gr.Slider(maximum=max(settings.batch - 1, 1), value=0, interactive=settings.batch > 1),
@@ -182,11 +182,17 @@ def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
     if b_model.name != state["model_b"] or registry.get(model_a).name != state["model_a"]:
         raise ValueError("The models changed since the last Generate; press Generate to run both again.")
     ablation_b = _ablation(b_model, skip_values, attention_off, time_off)
-    settings = replace(state["a"].settings, ablation=ablation_b)
-    b = sample(b_model, settings, lambda i, n: progress((i, n), desc="B: ablated network"))
+    b = _run_b(state["a"], registry.get(model_a), b_model, ablation_b, lambda i, n: progress((i, n), desc="B: ablated network"))
     state = dict(state, b=b, ablation_b=ablation_b)
     step = min(_int(step, "step", 0, len(b)), len(b))
     return (state, *render_step(state, step), *render_numbers(registry, state))
+
+
+def _run_b(a, a_model, b_model, ablation_b, progress):
+    """B's trajectory from A's settings and noise; A itself when B would compute exactly the same thing."""
+    if b_model is a_model and ablation_b.is_intact:
+        return a
+    return sample(b_model, replace(a.settings, ablation=ablation_b), progress)
 
 
 def _at(trajectory, step):
@@ -263,6 +269,10 @@ def block_choices(registry, model_a):
     unet = registry.get(model_a).unet
     return [(f"{feature_group(name)} · {shape[1]}×{shape[2]} · {name} ({shape[0]} ch)", name)
             for name, shape in unet.feature_shapes().items()]
+
+
+def block_dropdown(registry, model_a):
+    return gr.Dropdown(choices=block_choices(registry, model_a), value=None)
 
 
 def view_features(registry, state, step, block, sample_index, range_mode):
@@ -457,8 +467,9 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         numbers_button.click(bound(compute_numbers), [state, step], [eps_plot, spectrum_plot], api_name="numbers", **model_events)
         gif_button.click(user_errors(export_gif), [state, gif_which], gif, api_name="gif", **view_events)
         for selector in (model_a, model_b):
-            selector.input(bound(ablation_panel), [model_a, model_b], panel_outputs, api_name=False)
-        model_a.input(lambda name: gr.Dropdown(choices=block_choices(registry, name)), model_a, block, api_name=False)
+            selector.input(bound(ablation_panel), [model_a, model_b], panel_outputs,
+                           api_name="ablation_panel" if selector is model_a else False)
+        model_a.input(bound(block_dropdown), model_a, block, api_name="block_choices")
         if default_a:
             demo.load(bound(ablation_panel), [model_a, model_b], panel_outputs, api_name=False)
     return demo

@@ -164,13 +164,20 @@ def evaluate_model(model: DiffusionModel, classifier: DigitClassifier, test_imag
               **quality.as_dict(),
               "eps_mse": {str(t): v for t, v in eps_mse_per_timestep(model, test_images[:eps_images], ablation=ablation, seed=seed).items()}}
     if model.null_label is not None:
-        digits = tuple(d for d in range(model.null_label) for _ in range(per_digit))
-        conditional = sample(model, SampleSettings(sampler=sampler, steps=steps, seed=seed + 1, batch=len(digits),
-                                                   label=digits, guidance=guidance, ablation=ablation)).final
-        predicted = classify(classifier, conditional)[0].argmax(1)
-        result["digit_accuracy"] = (predicted == torch.tensor(digits)).double().mean().item()
+        result["digit_accuracy"] = digit_accuracy(model, classifier, guidance, ablation=ablation, sampler=sampler,
+                                                  steps=steps, seed=seed + 1, per_digit=per_digit)
         result["guidance"] = guidance
     return result
+
+
+def digit_accuracy(model: DiffusionModel, classifier: DigitClassifier, guidance: float, *, ablation: Ablation = Ablation(),
+                   sampler: str = "ddim", steps: int = 50, seed: int = 1, per_digit: int = 25) -> float:
+    """Share of conditional samples (per_digit of each digit) that our classifier reads as the digit asked for."""
+    digits = tuple(d for d in range(model.null_label) for _ in range(per_digit))
+    conditional = sample(model, SampleSettings(sampler=sampler, steps=steps, seed=seed, batch=len(digits),
+                                               label=digits, guidance=guidance, ablation=ablation)).final
+    predicted = classify(classifier, conditional)[0].argmax(1)
+    return (predicted == torch.tensor(digits)).double().mean().item()
 
 
 def real_baseline(classifier: DigitClassifier, test_images: torch.Tensor, num: int) -> dict:
@@ -192,6 +199,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-sweep", type=float, nargs="+", metavar="W",
+                   help="also report digit accuracy at each of these guidance scales")
     p.add_argument("--baseline", action="store_true", help="also report two disjoint sets of real test digits")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -205,6 +214,11 @@ def main(argv=None) -> int:
         test_images, _ = load_mnist(args.data_dir, "test")
         result = evaluate_model(model, classifier, test_images, ablation=ablation, num=args.num, sampler=args.sampler,
                                 steps=args.steps, guidance=args.guidance, seed=args.seed)
+        if args.guidance_sweep and model.null_label is not None:
+            result["digit_accuracy_by_guidance"] = {
+                str(w): digit_accuracy(model, classifier, SampleSettings(guidance=w).guidance, ablation=ablation,
+                                       sampler=args.sampler, steps=args.steps, seed=args.seed + 1)
+                for w in args.guidance_sweep}
         if args.baseline:
             result["real_baseline"] = real_baseline(classifier, test_images, args.num)
     except (ValueError, FileNotFoundError, OSError) as error:

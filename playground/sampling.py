@@ -189,7 +189,9 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None) -> Tr
     x_t = torch.empty((steps + 1, *x.shape), dtype=x.dtype)
     eps_all = torch.empty((steps, *x.shape), dtype=x.dtype)
     x0_all = torch.empty((steps, *x.shape), dtype=x.dtype)
-    alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+    # x̂0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t: the two coefficients of every step, computed once
+    alphas = [float(scheduler.alphas_cumprod[int(t)]) for t in timesteps]
+    x0_coefficients = [(math.sqrt(1 - a), 1 / math.sqrt(a)) for a in alphas]
     features: dict[int, dict[str, torch.Tensor]] = {}
     capture = set(settings.capture_steps)
 
@@ -201,11 +203,11 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None) -> Tr
         if guided:
             eps_cond, eps_uncond = eps.chunk(2)
             eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
-        if i in capture:
-            features[i] = {name: f[: settings.batch] for name, f in out.features.items()}
-        a = alphas_cumprod[int(t)]
+        if i in capture:  # keep the conditional half only; a view would pin the doubled batch in memory
+            features[i] = {name: f[: settings.batch].clone() if guided else f for name, f in out.features.items()}
+        noise_coefficient, scale = x0_coefficients[i]
         eps_all[i] = eps
-        torch.mul(x - math.sqrt(1 - a) * eps, 1 / math.sqrt(a), out=x0_all[i])
+        torch.mul(x - noise_coefficient * eps, scale, out=x0_all[i])
         x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
         if progress is not None:
             progress(i + 1, steps)

@@ -1,0 +1,116 @@
+"""Model cards for `weights/<name>/README.md`, written from what training and evaluation recorded.
+
+    python -m playground.card weights/mnist --eval eval-mnist.json [--hardware "2-core AMD EPYC, CPU only"]
+
+Every figure in a card comes from `training.json` (written by the trainer) or an evaluation JSON
+(written by `python -m playground.evaluate --json --baseline`), never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+WHAT_DIFFUSERS_DOES = {
+    True: "Stock diffusers loads every component and computes the same function: "
+          "`UNet2DModel.from_pretrained(folder, subfolder=\"unet\")` gives the same outputs as ours, and "
+          "`DDPMPipeline.from_pretrained(folder)` loads unet and scheduler. Sampling needs `class_labels` "
+          "(10 = no digit), which `DDPMPipeline.__call__` does not pass: use `playground.sampling` for labels and guidance.",
+    False: "Stock diffusers loads every component (`DDPMPipeline.from_pretrained(folder)`, "
+           "`UNet2DModel.from_pretrained(folder, subfolder=\"unet\")`) but **cannot reproduce this model**: "
+           "it has no way to switch off the parts this variant was trained without, so it computes the intact "
+           "network with these weights, which was never trained. `PlaygroundUNet.from_pretrained` applies the "
+           "recorded `training_ablation` on every call.",
+}
+
+
+def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
+    training = json.loads((folder / "training.json").read_text())
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    parameters = _count_parameters(folder)
+    trained_without = unet.get("training_ablation") or {}
+    intact = not any(trained_without.get(k) for k in ("skip_scale", "attention_off", "time_embedding_off"))
+    cfg = training["train_config"]
+    lines = [
+        f"# {folder.name}", "",
+        f"A class-conditional DDPM ε-predictor for 28×28 MNIST digits, `PlaygroundUNet` "
+        f"(the `diffusers.UNet2DModel` layout), {parameters / 1e6:.2f} M parameters.",
+        "" if intact else f"**Trained with parts switched off throughout:** `{json.dumps(trained_without)}`.", "",
+        "## Architecture",
+        f"- channels {tuple(unet['block_out_channels'])}, {unet['layers_per_block']} ResnetBlock(s) per encoder level "
+        f"(+1 in the decoder), resolutions {unet['sample_size']} → … (3×3 stride-2 downsampling)",
+        f"- down blocks {unet['down_block_types']}, up blocks {unet['up_block_types']}, bottleneck with self-attention",
+        f"- attention head dim {unet['attention_head_dim']}, GroupNorm({unet['norm_num_groups']}), SiLU, sinusoidal time "
+        f"embedding + MLP, class embedding of {unet['num_class_embeds']} labels (0–9 digits, 10 = no digit) added to it",
+        "", "## Training",
+        f"- data: MNIST train (60,000 images, [-1, 1]), labels replaced by the null label with probability {cfg['uncond_prob']}",
+        f"- {training['steps']} steps of batch {cfg['batch_size']} = {training['epochs_done']} epochs "
+        f"({training['images_seen']:,} images); AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warmup steps, cosine decay "
+        f"to {cfg['min_lr_ratio']}×, gradient clip {cfg['grad_clip']}, EMA {cfg['ema_decay']} (EMA weights shipped)",
+        f"- noise: DDPMScheduler, {cfg['num_train_timesteps']} steps, {cfg['beta_schedule']} β; seed {cfg['seed']}",
+        f"- wall time {training['wall_seconds'] / 3600:.2f} h on {hardware} ({training['torch_threads']} torch threads, "
+        f"device {training['device']}); final training loss (running mean) {training['final_loss_ema']:.4f}",
+        "", "## Compatibility", WHAT_DIFFUSERS_DOES[intact],
+    ]
+    if evaluation:
+        lines += ["", "## Measured", _metrics_table(evaluation)]
+    lines += ["", "Reproduce: `python -m playground.train --data-dir ../shared/data/mnist --out weights/" + folder.name
+              + (" --ablation " + " --ablation ".join(cfg["ablation"]) if cfg.get("ablation") else "")
+              + f" --epochs {cfg['epochs']} --lr {cfg['lr']}`; measure: `python -m playground.evaluate --model weights/"
+              + folder.name + " --json --baseline`.", ""]
+    return "\n".join(lines)
+
+
+def _metrics_table(e: dict) -> str:
+    real = e.get("real_baseline", {})
+    rows = [
+        "| | this model | real MNIST test digits |", "|---|---|---|",
+        f"| unconditional samples confident > 0.9 (DDIM {e['steps']}, {e['num']} samples) | {e['confident']:.3f} | {real.get('confident', float('nan')):.3f} |",
+        f"| class-histogram entropy / log 10 | {e['class_entropy']:.3f} | {real.get('class_entropy', float('nan')):.3f} |",
+        f"| Fréchet distance in classifier features | {e['fd']:.2f} | {real.get('fd', float('nan')):.2f} (two disjoint real sets) |",
+    ]
+    if "digit_accuracy" in e:
+        rows.append(f"| conditional samples recognised as the digit asked for (25 per digit, guidance {e['guidance']}) | "
+                    f"{e['digit_accuracy']:.3f} | – |")
+    for w, accuracy in e.get("digit_accuracy_by_guidance", {}).items():
+        rows.append(f"| conditional samples recognised as the digit asked for, guidance {w} | {accuracy:.3f} | – |")
+    eps = e["eps_mse"]
+    rows.append("| ε-MSE at t = 10 / 100 / 500 / 900 (512 test digits) | "
+                + " / ".join(f"{eps[t]:.4f}" for t in ("10", "100", "500", "900") if t in eps) + " | – |")
+    return "\n".join(rows)
+
+
+def _count_parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(folder / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        for key in f.keys():
+            count = 1
+            for n in f.get_slice(key).get_shape():
+                count *= n
+            total += count
+    return total
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m playground.card", description="Write a weights folder's model card.")
+    p.add_argument("folder")
+    p.add_argument("--eval", help="JSON written by `python -m playground.evaluate --json --baseline`")
+    p.add_argument("--hardware", default="2 CPU cores (AMD EPYC), no GPU")
+    args = p.parse_args(argv)
+    folder = Path(args.folder)
+    try:
+        evaluation = json.loads(Path(args.eval).read_text()) if args.eval else None
+        (folder / "README.md").write_text(render_card(folder, evaluation, args.hardware))
+    except (OSError, KeyError, json.JSONDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(folder / "README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
