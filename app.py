@@ -241,6 +241,7 @@ def render_numbers(registry, state):
         {"mean |x̂0_A − x̂0_B|": (steps, (a.x0 - b.x0).abs().flatten(1).mean(1)),
          "mean |x_t,A − x_t,B|": (steps, (a.x_t[1:] - b.x_t[1:]).abs().flatten(1).mean(1))},
         "How far B drifts from A during sampling", "reverse-process step (noise → image)", "mean absolute difference (pixel units)",
+        logy=True,  # x̂0 at the noisiest steps amplifies ε̂ differences by 1/√ᾱ_t (~100x): a linear axis hides the rest
     )
     table = [f"**A** = `{state['model_a']}` intact · **B** = `{state['model_b']}` with {_describe(state['ablation_b'])}", "",
              f"Mean |A − B| of the final images: **{(a.final - b.final).abs().mean():.4f}** (pixel units of [−1, 1])."]
@@ -375,7 +376,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
                 model_b = gr.Dropdown([SAME_AS_A] + models, value=SAME_AS_A, label="Network B", elem_id="model-b",
                                       info="A with the ablation below, or another model (e.g. one trained without skips)")
                 digit = gr.Dropdown(DIGIT_CHOICES, value=DIGIT_CHOICES[1], label="Digit", elem_id="digit")
-                guidance = gr.Slider(0, 10, value=3, step=0.5, label="Guidance scale", elem_id="guidance",
+                guidance = gr.Slider(0, 10, value=1.5, step=0.25, label="Guidance scale", elem_id="guidance",
                                      info="classifier-free guidance: 1 = plain conditional, higher = more digit-like")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, label="Seed", elem_id="seed", minimum=0)

@@ -58,7 +58,7 @@ def main():
                 time.sleep(0.1)
         cold_start = time.perf_counter() - started
         client = Client(url, verbose=False)
-        generate = lambda i: client.predict("mnist", "A with the ablation", "7", 3, i, "ddim", 50, 1,  # noqa: E731
+        generate = lambda i: client.predict("mnist", "A with the ablation", "7", 1.5, i, "ddim", 50, 1,  # noqa: E731
                                             1, 1, 1, 1, 1, [], False, api_name="/generate")
         results = {"generate A+B (batch 1, 50 DDIM steps)": timed(generate, args.repeats)}
         results["scrub"] = timed(lambda i: client.predict(i * 7 % 50, api_name="/scrub"), args.repeats * 4)

@@ -152,7 +152,7 @@ def reference_features(classifier: DigitClassifier, images: torch.Tensor) -> tor
 
 def evaluate_model(model: DiffusionModel, classifier: DigitClassifier, test_images: torch.Tensor, *,
                    ablation: Ablation = Ablation(), num: int = 256, sampler: str = "ddim", steps: int = 50,
-                   guidance: float = 3.0, seed: int = 0, eps_images: int = 512, per_digit: int = 25) -> dict:
+                   guidance: float = 1.5, seed: int = 0, eps_images: int = 512, per_digit: int = 25) -> dict:
     """Every number of DESIGN.md's `evaluate` for one model × ablation, as a JSON-ready dict."""
     half = len(test_images) // 2
     reference = reference_features(classifier, test_images[half:half + num]) if len(test_images) >= half + num else \
@@ -197,8 +197,9 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=256, help="unconditional samples to judge (1-256)")
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-digit", type=int, default=25, help="conditional samples per digit for digit_accuracy")
     p.add_argument("--guidance-sweep", type=float, nargs="+", metavar="W",
                    help="also report digit accuracy at each of these guidance scales")
     p.add_argument("--baseline", action="store_true", help="also report two disjoint sets of real test digits")
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
         classifier = load_classifier(args.classifier)
         test_images, _ = load_mnist(args.data_dir, "test")
         result = evaluate_model(model, classifier, test_images, ablation=ablation, num=args.num, sampler=args.sampler,
-                                steps=args.steps, guidance=args.guidance, seed=args.seed)
+                                steps=args.steps, guidance=args.guidance, seed=args.seed, per_digit=args.per_digit)
         if args.guidance_sweep and model.null_label is not None:
             result["digit_accuracy_by_guidance"] = {
                 str(w): digit_accuracy(model, classifier, SampleSettings(guidance=w).guidance, ablation=ablation,

@@ -1,7 +1,7 @@
 """Generate a grid of samples (and optionally a GIF of the reverse process) from a shipped model.
 
     python -m playground.sample --model weights/mnist --sampler ddim --steps 50 --seed 0 --num 16 \
-        --out grid.png [--digit 7] [--guidance 3] [--gif traj.gif] [--ablate skip:14=0] [--ablate attn:SITE] [--ablate time]
+        --out grid.png [--digit 7] [--guidance 1.5] [--gif traj.gif] [--ablate skip:14=0] [--ablate attn:SITE] [--ablate time]
 
 Identical arguments give identical PNG bytes.
 """
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num", type=int, default=16, help=f"samples, 1-{MAX_BATCH}")
     p.add_argument("--digit", type=int, help="the digit to draw (class-conditional models); default: no digit")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (with --digit)")
+    p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (with --digit)")
     p.add_argument("--ablate", action="append", default=[], metavar="SPEC",
                    help="skip:RES=SCALE, skip:all=SCALE, attn:SITE, attn:all or time (repeatable)")
     p.add_argument("--out", required=True, help="PNG grid of the final samples")

@@ -82,7 +82,7 @@ class SampleSettings:
     seed: int = 0
     batch: int = 16
     label: int | tuple[int, ...] | None = None
-    guidance: float = 3.0
+    guidance: float = 1.5  # measured best for the flagship (see weights/mnist/README.md)
     ablation: Ablation = field(default_factory=Ablation)
     capture_steps: tuple[int, ...] = ()  # step indices whose feature maps are kept
 

@@ -47,7 +47,7 @@ def band_means(eps_mse: dict[str, float]) -> dict[str, float]:
     return result
 
 
-def run_study(model_paths, data_dir, classifier_path, out: Path, num=256, steps=50, guidance=3.0, per_digit=25, log=print) -> list[dict]:
+def run_study(model_paths, data_dir, classifier_path, out: Path, num=256, steps=50, guidance=1.5, per_digit=25, log=print) -> list[dict]:
     classifier = load_classifier(classifier_path)
     test_images, _ = load_mnist(data_dir, "test")
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--classifier", default="weights/classifier")
     p.add_argument("--num", type=int, default=256)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--per-digit", type=int, default=25)
     p.add_argument("--out", default="docs/study")
     args = p.parse_args(argv)

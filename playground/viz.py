@@ -183,7 +183,7 @@ def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if logy:
+    if logy and any((_as_numpy(y) > 0).any() for _, y in curves.values()):  # all-zero curves (A == B) stay linear
         ax.set_yscale("log")
     if invert_x:
         ax.invert_xaxis()
