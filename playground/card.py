@@ -65,14 +65,18 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
 
 def _metrics_table(e: dict) -> str:
     real = e.get("real_baseline", {})
+
+    def of_real(key, digits):  # variants are measured without the (shared) real-data baseline
+        return f"{real[key]:.{digits}f}" if key in real else "see `weights/mnist/README.md`"
+
     rows = [
         "| | this model | real MNIST test digits |", "|---|---|---|",
-        f"| unconditional samples confident > 0.9 (DDIM {e['steps']}, {e['num']} samples) | {e['confident']:.3f} | {real.get('confident', float('nan')):.3f} |",
-        f"| class-histogram entropy / log 10 | {e['class_entropy']:.3f} | {real.get('class_entropy', float('nan')):.3f} |",
-        f"| Fréchet distance in classifier features | {e['fd']:.2f} | {real.get('fd', float('nan')):.2f} (two disjoint real sets) |",
+        f"| unconditional samples confident > 0.9 (DDIM {e['steps']}, {e['num']} samples) | {e['confident']:.3f} | {of_real('confident', 3)} |",
+        f"| class-histogram entropy / log 10 | {e['class_entropy']:.3f} | {of_real('class_entropy', 3)} |",
+        f"| Fréchet distance in classifier features | {e['fd']:.2f} | {of_real('fd', 2)} (two disjoint real sets) |",
     ]
     if "digit_accuracy" in e:
-        rows.append(f"| conditional samples recognised as the digit asked for (25 per digit, guidance {e['guidance']}) | "
+        rows.append(f"| conditional samples recognised as the digit asked for (guidance {e['guidance']}) | "
                     f"{e['digit_accuracy']:.3f} | – |")
     for w, accuracy in e.get("digit_accuracy_by_guidance", {}).items():
         rows.append(f"| conditional samples recognised as the digit asked for, guidance {w} | {accuracy:.3f} | – |")
