@@ -178,11 +178,11 @@ def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
     """The ablation changed: rerun B only, from the same noise and settings as the cached A."""
     *skip_values, attention_off, time_off, state, step = rest
     state = _session(state)
-    b_model = _model_b(registry, model_a, model_b)
-    if b_model.name != state["model_b"] or registry.get(model_a).name != state["model_a"]:
+    a_model, b_model = registry.get(model_a), _model_b(registry, model_a, model_b)
+    if b_model.name != state["model_b"] or a_model.name != state["model_a"]:
         raise ValueError("The models changed since the last Generate; press Generate to run both again.")
     ablation_b = _ablation(b_model, skip_values, attention_off, time_off)
-    b = _run_b(state["a"], registry.get(model_a), b_model, ablation_b, lambda i, n: progress((i, n), desc="B: ablated network"))
+    b = _run_b(state["a"], a_model, b_model, ablation_b, lambda i, n: progress((i, n), desc="B: ablated network"))
     state = dict(state, b=b, ablation_b=ablation_b)
     step = min(_int(step, "step", 0, len(b)), len(b))
     return (state, *render_step(state, step), *render_numbers(registry, state))

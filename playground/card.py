@@ -58,7 +58,7 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
         lines += ["", "## Measured", _metrics_table(evaluation)]
     lines += ["", "Reproduce: `python -m playground.train --data-dir ../shared/data/mnist --out weights/" + folder.name
               + (" --ablation " + " --ablation ".join(cfg["ablation"]) if cfg.get("ablation") else "")
-              + f" --epochs {cfg['epochs']} --lr {cfg['lr']}`; measure: `python -m playground.evaluate --model weights/"
+              + f" --epochs {cfg['epochs']} --lr {cfg['lr']} --warmup-steps {cfg['warmup_steps']}`; measure: `python -m playground.evaluate --model weights/"
               + folder.name + " --json --baseline`.", ""]
     return "\n".join(lines)
 
