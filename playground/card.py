@@ -46,21 +46,51 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
         f"embedding + MLP, class embedding of {unet['num_class_embeds']} labels (0–9 digits, 10 = no digit) added to it",
         "", "## Training",
         f"- data: MNIST train (60,000 images, [-1, 1]), labels replaced by the null label with probability {cfg['uncond_prob']}",
-        f"- {training['steps']} steps of batch {cfg['batch_size']} = {training['epochs_done']} epochs "
-        f"({training['images_seen']:,} images); AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warmup steps, cosine decay "
-        f"to {cfg['min_lr_ratio']}×, gradient clip {cfg['grad_clip']}, EMA {cfg['ema_decay']} (EMA weights shipped)",
-        f"- noise: DDPMScheduler, {cfg['num_train_timesteps']} steps, {cfg['beta_schedule']} β; seed {cfg['seed']}",
-        f"- wall time {training['wall_seconds'] / 3600:.2f} h on {hardware} ({training['torch_threads']} torch threads, "
-        f"device {training['device']}); final training loss (running mean) {training['final_loss_ema']:.4f}",
+        *_stage_lines(training, hardware),
         "", "## Compatibility", WHAT_DIFFUSERS_DOES[intact],
     ]
     if evaluation:
         lines += ["", "## Measured", _metrics_table(evaluation)]
-    lines += ["", "Reproduce: `python -m playground.train --data-dir ../shared/data/mnist --out weights/" + folder.name
-              + (" --ablation " + " --ablation ".join(cfg["ablation"]) if cfg.get("ablation") else "")
-              + f" --epochs {cfg['epochs']} --lr {cfg['lr']} --warmup-steps {cfg['warmup_steps']}`; measure: `python -m playground.evaluate --model weights/"
-              + folder.name + " --json --baseline`.", ""]
+    lines += ["", "## Reproduce", *_reproduce_lines(folder.name, training.get("earlier_stages", []) + [training]),
+              f"- measure: `python -m playground.evaluate --model weights/{folder.name} --json --baseline`", ""]
     return "\n".join(lines)
+
+
+def _reproduce_lines(name: str, stages: list[dict]) -> list[str]:
+    lines = []
+    for number, stage in enumerate(stages, 1):
+        cfg = stage["train_config"]
+        flags = "".join(f" --ablation {spec}" for spec in cfg.get("ablation") or [])
+        if number > 1:  # its own checkpoints, or --resume would pick up the previous stage's
+            flags += f" --init-from weights/{name} --checkpoint-dir checkpoints/{name}-stage{number}"
+        lines.append(f"- {'stage ' + str(number) + ': ' if len(stages) > 1 else ''}`python -m playground.train --data-dir "
+                     f"../shared/data/mnist --out weights/{name}{flags} --epochs {cfg['epochs']} --lr {cfg['lr']} "
+                     f"--warmup-steps {cfg['warmup_steps']}`")
+    return lines
+
+
+def _stage_lines(training: dict, hardware: str) -> list[str]:
+    """One bullet per training stage (a run started from earlier weights continues their story), then totals."""
+    stages = training.get("earlier_stages", []) + [training]
+    lines = []
+    for number, stage in enumerate(stages, 1):
+        cfg = stage["train_config"]
+        start = "from the previous stage's EMA weights" if number > 1 else "from random initialisation"
+        lines.append(
+            f"- {'stage ' + str(number) + ', ' if len(stages) > 1 else ''}{start}: {stage['steps']} steps of batch "
+            f"{cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images); AdamW lr {cfg['lr']}, "
+            f"{cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_ratio']}×, gradient clip {cfg['grad_clip']}, "
+            f"EMA {cfg['ema_decay']}; wall time {stage['wall_seconds'] / 3600:.2f} h ({stage['torch_threads']} torch threads, "
+            f"device {stage['device']}); final training loss (running mean) {stage['final_loss_ema']:.4f}")
+    cfg = training["train_config"]
+    lines.append(f"- noise: DDPMScheduler, {cfg['num_train_timesteps']} steps, {cfg['beta_schedule']} β; seed {cfg['seed']}; "
+                 "the EMA weights are shipped")
+    if len(stages) > 1:
+        lines.append(f"- in all: {sum(s['epochs_done'] for s in stages):.2f} epochs, "
+                     f"{sum(s['wall_seconds'] for s in stages) / 3600:.2f} h on {hardware}")
+    else:
+        lines.append(f"- hardware: {hardware}")
+    return lines
 
 
 def _metrics_table(e: dict) -> str:

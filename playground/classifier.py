@@ -22,10 +22,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .checkpoint import CheckedLoading
 from .data import load_mnist
 
 
-class DigitClassifier(ModelMixin, ConfigMixin):
+class DigitClassifier(CheckedLoading, ModelMixin, ConfigMixin):
     """(B, 1, 28, 28) images in [-1, 1] -> (B, num_classes) logits; `.features` gives the 128-d embedding."""
 
     @register_to_config

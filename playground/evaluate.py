@@ -8,7 +8,10 @@
 - `radial_spectrum`: radially averaged Fourier power of feature maps (FreeU: skips carry high
   frequencies, the backbone low ones).
 
-    python -m playground.evaluate --model weights/mnist [--ablate skip:14=0] [--num 256] --json
+    python -m playground.evaluate --model weights/mnist [--ablate skip:14=0] [--num 256] [--setup setup.json] --json
+
+With a setup (or --window / --lie-*), its t-window, timestep lie and h-space edit apply to the samples and
+to the ε-error (at each t as the sampler would meet it); explicit flags override the setup's fields.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from .ablation import Ablation, parse_ablation_specs
+from .ablation import Ablation
 from .classifier import DigitClassifier, load_classifier
 from .data import load_mnist
-from .sampling import DiffusionModel, SampleSettings, load_pipeline, make_scheduler, sample
+from .sampling import DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Window, make_scheduler, sample
+from .setup import add_setup_arguments, setup_from_arguments
 
 DEFAULT_TIMESTEPS = (0, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 CONFIDENCE = 0.9
@@ -34,11 +38,15 @@ CONFIDENCE = 0.9
 @torch.inference_mode()
 def eps_mse_per_timestep(model: DiffusionModel, images: torch.Tensor, timesteps=DEFAULT_TIMESTEPS,
                          ablation: Ablation | None = None, labels: torch.Tensor | None = None,
-                         seed: int = 0, batch: int = 256) -> dict[int, float]:
+                         seed: int = 0, batch: int = 256, ablation_window: Window | None = None,
+                         timestep_lie: TimestepLie | None = None, h_edit: HSpaceEdit | None = None) -> dict[int, float]:
     """t -> mean over images and pixels of (ε̂ − ε)², on noise drawn once from `seed`.
 
     images: (N, C, H, W) in [-1, 1]. labels: (N,) class labels; default the null label (no digit).
+    ablation_window, timestep_lie, h_edit: as in SampleSettings, applied at each t as sampling would.
     """
+    at_t = SampleSettings(ablation=ablation or Ablation(), ablation_window=ablation_window, timestep_lie=timestep_lie,
+                          h_edit=h_edit)
     scheduler = make_scheduler(model, "ddpm", 1)
     alphas_cumprod = scheduler.alphas_cumprod
     if labels is None and model.null_label is not None:
@@ -50,12 +58,15 @@ def eps_mse_per_timestep(model: DiffusionModel, images: torch.Tensor, timesteps=
         if not 0 <= int(t) < len(alphas_cumprod):
             raise ValueError(f"timesteps must lie in [0, {len(alphas_cumprod) - 1}], got {t}")
         a = alphas_cumprod[int(t)]
+        told = at_t.told_timestep(int(t), len(alphas_cumprod))
+        edit = at_t.h_edit_at(int(t))
+        shift = None if edit is None else (edit.strength * edit.direction).to(model.unet.device, model.unet.dtype)
         total = 0.0
         for i in range(0, len(images), batch):
             x0, eps = images[i:i + batch], noise[i:i + batch]
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
             y = None if labels is None else labels[i:i + batch]
-            pred = model.unet(x_t, int(t), y, ablation=ablation).sample
+            pred = model.unet(x_t, told, y, ablation=at_t.ablation_at(int(t)), bottleneck_shift=shift).sample
             total += (pred - eps).pow(2).sum().item()
         result[int(t)] = total / images.numel()
     return result
@@ -152,30 +163,44 @@ def reference_features(classifier: DigitClassifier, images: torch.Tensor) -> tor
 
 def evaluate_model(model: DiffusionModel, classifier: DigitClassifier, test_images: torch.Tensor, *,
                    ablation: Ablation = Ablation(), num: int = 256, sampler: str = "ddim", steps: int = 50,
-                   guidance: float = 1.5, seed: int = 0, eps_images: int = 512, per_digit: int = 25) -> dict:
-    """Every number of DESIGN.md's `evaluate` for one model × ablation, as a JSON-ready dict."""
+                   guidance: float = 1.5, seed: int = 0, eps_images: int = 512, per_digit: int = 25,
+                   ablation_window: Window | None = None, timestep_lie: TimestepLie | None = None,
+                   h_edit: HSpaceEdit | None = None) -> dict:
+    """Every number of DESIGN.md's `evaluate` for one model × ablation, as a JSON-ready dict.
+
+    ablation_window, timestep_lie, h_edit: as in SampleSettings, for the samples and the ε-error alike.
+    """
+    extras = dict(ablation_window=ablation_window, timestep_lie=timestep_lie, h_edit=h_edit)
     half = len(test_images) // 2
     reference = reference_features(classifier, test_images[half:half + num]) if len(test_images) >= half + num else \
         reference_features(classifier, test_images)
     samples = sample(model, SampleSettings(sampler=sampler, steps=steps, seed=seed, batch=num, label=None,
-                                           guidance=guidance, ablation=ablation)).final
+                                           guidance=guidance, ablation=ablation, **extras)).final
     quality = sample_quality(classifier, samples, reference)
     result = {"model": model.name, "ablation": ablation.to_dict(), "sampler": sampler, "steps": steps, "num": num,
               **quality.as_dict(),
-              "eps_mse": {str(t): v for t, v in eps_mse_per_timestep(model, test_images[:eps_images], ablation=ablation, seed=seed).items()}}
+              "eps_mse": {str(t): v for t, v in eps_mse_per_timestep(model, test_images[:eps_images], ablation=ablation,
+                                                                     seed=seed, **extras).items()}}
+    if ablation_window is not None:
+        result["ablation_window"] = [ablation_window.t_min, ablation_window.t_max]
+    if timestep_lie is not None:
+        result["timestep_lie"] = {"offset": timestep_lie.offset, "fixed": timestep_lie.fixed}
     if model.null_label is not None:
         result["digit_accuracy"] = digit_accuracy(model, classifier, guidance, ablation=ablation, sampler=sampler,
-                                                  steps=steps, seed=seed + 1, per_digit=per_digit)
+                                                  steps=steps, seed=seed + 1, per_digit=per_digit, **extras)
         result["guidance"] = guidance
     return result
 
 
 def digit_accuracy(model: DiffusionModel, classifier: DigitClassifier, guidance: float, *, ablation: Ablation = Ablation(),
-                   sampler: str = "ddim", steps: int = 50, seed: int = 1, per_digit: int = 25) -> float:
-    """Share of conditional samples (per_digit of each digit) that our classifier reads as the digit asked for."""
+                   sampler: str = "ddim", steps: int = 50, seed: int = 1, per_digit: int = 25, **extras) -> float:
+    """Share of conditional samples (per_digit of each digit) that our classifier reads as the digit asked for.
+
+    extras: further SampleSettings fields (ablation_window, timestep_lie, h_edit).
+    """
     digits = tuple(d for d in range(model.null_label) for _ in range(per_digit))
     conditional = sample(model, SampleSettings(sampler=sampler, steps=steps, seed=seed, batch=len(digits),
-                                               label=digits, guidance=guidance, ablation=ablation)).final
+                                               label=digits, guidance=guidance, ablation=ablation, **extras)).final
     predicted = classify(classifier, conditional)[0].argmax(1)
     return (predicted == torch.tensor(digits)).double().mean().item()
 
@@ -190,16 +215,12 @@ def real_baseline(classifier: DigitClassifier, test_images: torch.Tensor, num: i
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m playground.evaluate", description="Sample quality and ε-error of a model.")
-    p.add_argument("--model", required=True, help="pipeline folder, e.g. weights/mnist")
+    add_setup_arguments(p, batch_flag=None)  # --setup, --model, --sampler, --steps, --seed, --guidance, --ablate, ...
     p.add_argument("--classifier", default="weights/classifier")
     p.add_argument("--data-dir", default="../shared/data/mnist", help="MNIST folder (the test split is used)")
-    p.add_argument("--ablate", action="append", default=[], metavar="SPEC", help="skip:RES=SCALE, attn:SITE, attn:all, time")
     p.add_argument("--num", type=int, default=256, help="unconditional samples to judge (1-256)")
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=1.5)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-digit", type=int, default=25, help="conditional samples per digit for digit_accuracy")
+    p.add_argument("--eps-images", type=int, default=512, help="held-out test digits for the ε-error per timestep")
     p.add_argument("--guidance-sweep", type=float, nargs="+", metavar="W",
                    help="also report digit accuracy at each of these guidance scales")
     p.add_argument("--baseline", action="store_true", help="also report two disjoint sets of real test digits")
@@ -208,17 +229,20 @@ def main(argv=None) -> int:
     try:
         if not 1 <= args.num <= 256:
             raise ValueError(f"--num must be from 1 to 256, got {args.num}")
-        SampleSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed)  # argument checks
-        model = load_pipeline(args.model)
-        ablation = parse_ablation_specs(args.ablate, model.unet.skip_resolutions, model.unet.attention_sites)
+        if args.eps_images < 1:
+            raise ValueError(f"--eps-images must be at least 1, got {args.eps_images}")
+        setup, model = setup_from_arguments(args)
+        settings = setup.sample_settings(model)
+        extras = dict(ablation_window=settings.ablation_window, timestep_lie=settings.timestep_lie, h_edit=settings.h_edit)
         classifier = load_classifier(args.classifier)
         test_images, _ = load_mnist(args.data_dir, "test")
-        result = evaluate_model(model, classifier, test_images, ablation=ablation, num=args.num, sampler=args.sampler,
-                                steps=args.steps, guidance=args.guidance, seed=args.seed, per_digit=args.per_digit)
+        result = evaluate_model(model, classifier, test_images, ablation=setup.ablation, num=args.num, sampler=setup.sampler,
+                                steps=setup.steps, guidance=setup.guidance, seed=setup.seed, per_digit=args.per_digit,
+                                eps_images=args.eps_images, **extras)
         if args.guidance_sweep and model.null_label is not None:
             result["digit_accuracy_by_guidance"] = {
-                str(w): digit_accuracy(model, classifier, SampleSettings(guidance=w).guidance, ablation=ablation,
-                                       sampler=args.sampler, steps=args.steps, seed=args.seed + 1)
+                str(w): digit_accuracy(model, classifier, SampleSettings(guidance=w).guidance, ablation=setup.ablation,
+                                       sampler=setup.sampler, steps=setup.steps, seed=setup.seed + 1, **extras)
                 for w in args.guidance_sweep}
         if args.baseline:
             result["real_baseline"] = real_baseline(classifier, test_images, args.num)

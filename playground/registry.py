@@ -40,6 +40,7 @@ class ModelRegistry:
                 self.get(name)
             except ValueError:
                 pass
+        self.classifier()
         return dict(self._errors)
 
     @property
@@ -60,16 +61,25 @@ class ModelRegistry:
                 try:
                     self._models[name] = load_pipeline(self.root / name, name=name)
                 except Exception as error:  # any broken file must not take the app down
-                    self._errors[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                    self._errors[name] = self._public_message(error)
                     raise ValueError(f"model {name!r} failed to load: {self._errors[name]}") from None
             return self._models[name]
 
     def classifier(self) -> DigitClassifier | None:
-        """Our digit classifier, or None when the weights folder has none (quality numbers are then off)."""
+        """Our digit classifier, or None when the weights folder has none or a broken one (quality numbers are then off)."""
         with self._lock:
-            if self._classifier is None and (self.root / "classifier" / "config.json").is_file():
-                self._classifier = load_classifier(self.root / "classifier")
+            if self._classifier is None and "classifier" not in self._errors and (self.root / "classifier").is_dir():
+                try:
+                    self._classifier = load_classifier(self.root / "classifier")
+                except Exception as error:  # a broken judge switches the quality numbers off, not the app
+                    self._errors["classifier"] = self._public_message(error)
             return self._classifier
+
+    def _public_message(self, error: Exception) -> str:
+        """The first line of a load error, with paths shown from the weights folder: the server's own
+        directory layout is nobody's business on a public page."""
+        message = f"{type(error).__name__}: {error}".replace(str(self.root.resolve()), self.root.name)
+        return message.replace(str(self.root), self.root.name).splitlines()[0][:400]
 
     def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out MNIST test digits shipped with the library (for ε-error in the app)."""

@@ -7,6 +7,13 @@ implies, x̂0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t. Scrubbing through a t
 
 Class-conditional models (our flagship) use classifier-free guidance: ε̂ = ε̂_∅ + w·(ε̂_y − ε̂_∅),
 where ∅ is the null label (the last class index); both halves go through the network in one batch.
+
+Three interventions act on chosen steps only, so one can ask *when* a part of the network matters:
+- `ablation_window`: the ablation applies only while t_min ≤ t ≤ t_max; other steps run intact;
+- `timestep_lie`: the model is told t' (t + offset, or a fixed t') while the scheduler steps at the true t;
+- `h_edit`: a direction added to the bottleneck's output (h-space) during its own window.
+`sample(..., reuse=intact)` copies the steps before the first intervened step from an earlier
+trajectory instead of recomputing them (they are identical), and replays the scheduler over them.
 """
 
 from __future__ import annotations
@@ -64,9 +71,103 @@ def load_pipeline(path: str | Path, name: str | None = None) -> DiffusionModel:
         raise ValueError(f"{scheduler_file}: missing (the noise schedule the model was trained with)") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{scheduler_file}: invalid JSON ({error})") from None
+    _check_scheduler_config(scheduler_file, scheduler_config)
     unet = PlaygroundUNet.from_pretrained(path, subfolder="unet", use_safetensors=True).eval()
     unet.requires_grad_(False)
     return DiffusionModel(name=name or path.name, unet=unet, scheduler_config=scheduler_config)
+
+
+def _check_scheduler_config(scheduler_file: Path, scheduler_config) -> None:
+    """Build every sampler once at load time, so a bad schedule fails here, by file, not in a user's request."""
+    if not isinstance(scheduler_config, dict):
+        raise ValueError(f"{scheduler_file}: must hold a JSON object of scheduler settings, got a JSON {type(scheduler_config).__name__}")
+    for sampler, (scheduler_class, overrides) in SAMPLERS.items():
+        try:
+            scheduler = scheduler_class.from_config(scheduler_config, **overrides)
+            scheduler.set_timesteps(min(MAX_STEPS, scheduler.config.num_train_timesteps))
+            if not torch.isfinite(scheduler.alphas_cumprod).all() or not (scheduler.alphas_cumprod > 0).all():
+                raise ValueError("the noise schedule has non-positive or non-finite ᾱ_t")
+        except Exception as error:  # any value in an untrusted file may break a scheduler in its own way
+            raise ValueError(f"{scheduler_file}: {sampler} cannot be built from it ({type(error).__name__}: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The timesteps t_min ≤ t ≤ t_max of the reverse process (which meets t_max first)."""
+
+    t_min: int
+    t_max: int
+
+    def __post_init__(self):
+        for name in ("t_min", "t_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"window {name} must be a whole number >= 0, got {value!r}")
+        if self.t_min > self.t_max:
+            raise ValueError(f"window t_min must be <= t_max, got t_min={self.t_min}, t_max={self.t_max}")
+
+    def __contains__(self, t: int) -> bool:
+        return self.t_min <= t <= self.t_max
+
+    @classmethod
+    def of(cls, value, name: str = "window") -> "Window | None":
+        """None, a Window, or a (t_min, t_max) pair -> Window | None; ValueError naming `name` otherwise."""
+        if value is None or isinstance(value, Window):
+            return value
+        try:
+            t_min, t_max = value
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a (t_min, t_max) pair or None, got {value!r}") from None
+        try:
+            return cls(t_min, t_max)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+
+
+@dataclass(frozen=True)
+class TimestepLie:
+    """Tell the model t' instead of the true t: t' = `fixed` if given, else t + `offset`, clamped to [0, T−1].
+
+    The scheduler still steps at the true t, so the noise level the sample really has and the one the
+    network is told about disagree: what the time embedding is for, made visible.
+    """
+
+    offset: int = 0
+    fixed: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int):
+            raise ValueError(f"timestep_lie offset must be a whole number, got {self.offset!r}")
+        if self.fixed is not None and (isinstance(self.fixed, bool) or not isinstance(self.fixed, int) or self.fixed < 0):
+            raise ValueError(f"timestep_lie fixed must be a whole number >= 0 or None, got {self.fixed!r}")
+
+    def told(self, t: int, num_train_timesteps: int) -> int:
+        told = self.fixed if self.fixed is not None else t + self.offset
+        return min(max(told, 0), num_train_timesteps - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class HSpaceEdit:
+    """strength × direction added to the bottleneck's output at every step whose t lies in `window`.
+
+    direction: (C, h, w), the shape of `mid_block.resnets.1` (see `explore.hspace_probe`). Compared and
+    hashed by identity: a tensor has no cheap value hash, and one edit object is one cache entry.
+    window: None applies it at every step.
+    """
+
+    direction: torch.Tensor
+    strength: float = 1.0
+    window: Window | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.direction, torch.Tensor) or self.direction.dim() != 3:
+            raise ValueError(f"h_edit direction must be a (C, h, w) tensor, got {getattr(self.direction, 'shape', self.direction)!r}")
+        if not torch.isfinite(self.direction).all():
+            raise ValueError("h_edit direction must be finite")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
+            raise ValueError(f"h_edit strength must be a finite number, got {self.strength!r}")
+        object.__setattr__(self, "window", Window.of(self.window, "h_edit window"))
 
 
 @dataclass(frozen=True)
@@ -85,6 +186,9 @@ class SampleSettings:
     guidance: float = 1.5  # measured best for the flagship (see weights/mnist/README.md)
     ablation: Ablation = field(default_factory=Ablation)
     capture_steps: tuple[int, ...] = ()  # step indices whose feature maps are kept
+    ablation_window: Window | None = None  # None: the ablation applies at every step
+    timestep_lie: TimestepLie | None = None
+    h_edit: HSpaceEdit | None = None
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -104,6 +208,25 @@ class SampleSettings:
         object.__setattr__(self, "capture_steps", tuple(sorted(set(self.capture_steps))))
         if any(not 0 <= s < self.steps for s in self.capture_steps):
             raise ValueError(f"capture_steps must be step indices from 0 to {self.steps - 1}, got {self.capture_steps}")
+        object.__setattr__(self, "ablation_window", Window.of(self.ablation_window, "ablation_window"))
+        if self.timestep_lie is not None and not isinstance(self.timestep_lie, TimestepLie):
+            raise ValueError(f"timestep_lie must be a TimestepLie or None, got {type(self.timestep_lie).__name__}")
+        if self.h_edit is not None and not isinstance(self.h_edit, HSpaceEdit):
+            raise ValueError(f"h_edit must be an HSpaceEdit or None, got {type(self.h_edit).__name__}")
+
+    def ablation_at(self, t: int) -> Ablation:
+        """The ablation the model gets at timestep t (intact outside the window)."""
+        if self.ablation_window is None or t in self.ablation_window:
+            return self.ablation
+        return Ablation()
+
+    def h_edit_at(self, t: int) -> HSpaceEdit | None:
+        edit = self.h_edit
+        return edit if edit is not None and (edit.window is None or t in edit.window) else None
+
+    def told_timestep(self, t: int, num_train_timesteps: int) -> int:
+        """The timestep the model is told at true timestep t."""
+        return t if self.timestep_lie is None else self.timestep_lie.told(t, num_train_timesteps)
 
 
 @dataclass
@@ -168,9 +291,51 @@ def class_labels(model: DiffusionModel, settings: SampleSettings) -> torch.Tenso
     return torch.tensor(labels, dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class _StepCall:
+    """What the model gets at one step besides x_t: the told timestep, the ablation, the h-space shift."""
+
+    told: int
+    ablation: Ablation
+    h_edit: HSpaceEdit | None
+
+
+def _step_calls(settings: SampleSettings, timesteps: torch.Tensor, num_train_timesteps: int) -> list[_StepCall]:
+    return [_StepCall(settings.told_timestep(t, num_train_timesteps), settings.ablation_at(t), settings.h_edit_at(t))
+            for t in timesteps.tolist()]
+
+
+_MUST_MATCH_FOR_REUSE = ("sampler", "steps", "seed", "batch", "label", "guidance")
+
+
+def _reusable_steps(model: DiffusionModel, settings: SampleSettings, calls: list[_StepCall], reuse: Trajectory,
+                    num_train_timesteps: int) -> int:
+    """How many leading steps of `reuse` are exactly the steps `settings` would compute."""
+    if reuse.model_name != model.name:
+        raise ValueError(f"reuse: the trajectory comes from model {reuse.model_name!r}, not {model.name!r}")
+    for name in _MUST_MATCH_FOR_REUSE:
+        if getattr(reuse.settings, name) != getattr(settings, name):
+            raise ValueError(f"reuse: the trajectory was sampled with a different {name} "
+                             f"({getattr(reuse.settings, name)!r}, not {getattr(settings, name)!r})")
+    reused_calls = _step_calls(reuse.settings, reuse.timesteps, num_train_timesteps)
+    steps = 0
+    while steps < len(calls) and calls[steps] == reused_calls[steps] and (
+            steps not in settings.capture_steps or steps in reuse.features):
+        steps += 1
+    return steps
+
+
 @torch.inference_mode()
-def sample(model: DiffusionModel, settings: SampleSettings, progress=None) -> Trajectory:
-    """Run the reverse process and keep every step. `progress(i, steps)` is called after each step."""
+def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, reuse: Trajectory | None = None,
+           stop_after: int | None = None) -> Trajectory:
+    """Run the reverse process and keep every step. `progress(i, steps)` is called after each step.
+
+    reuse: an earlier trajectory of the same model, sampler, steps, seed, batch, label and guidance
+    (e.g. the intact run). Its steps up to the first one this run does differently are copied instead of
+    recomputed; the result is bit-identical to a run without `reuse`.
+    stop_after: stop after this step index (for probes that need one step's features); the trajectory then
+    holds steps 0..stop_after only, and its `final` is the next step's input, not a finished sample.
+    """
     scheduler = make_scheduler(model, settings.sampler, settings.steps)
     unet = model.unet
     x = initial_noise(model, settings).to(unet.device, unet.dtype)
@@ -186,19 +351,39 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None) -> Tr
 
     timesteps = scheduler.timesteps
     steps = len(timesteps)
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    calls = _step_calls(settings, timesteps, num_train_timesteps)
+    # the told timesteps and the h-space shift as tensors once, not in every step
+    told = [t if call.told == int(t) else torch.tensor(call.told) for t, call in zip(timesteps, calls)]
+    edit = settings.h_edit
+    shift = None if edit is None else (edit.strength * edit.direction).to(unet.device, unet.dtype)
     x_t = torch.empty((steps + 1, *x.shape), dtype=x.dtype)
     eps_all = torch.empty((steps, *x.shape), dtype=x.dtype)
     x0_all = torch.empty((steps, *x.shape), dtype=x.dtype)
-    # x̂0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t: the two coefficients of every step, computed once
+    # x̂0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t at the *true* t: the two coefficients of every step, computed once
     alphas = [float(scheduler.alphas_cumprod[int(t)]) for t in timesteps]
     x0_coefficients = [(math.sqrt(1 - a), 1 / math.sqrt(a)) for a in alphas]
     features: dict[int, dict[str, torch.Tensor]] = {}
     capture = set(settings.capture_steps)
 
-    for i, t in enumerate(timesteps):
+    if stop_after is not None and not 0 <= stop_after < steps:
+        raise ValueError(f"stop_after must be a step index from 0 to {steps - 1}, got {stop_after!r}")
+    end = steps if stop_after is None else stop_after + 1
+    first = 0 if reuse is None else min(end, _reusable_steps(model, settings, calls, reuse, num_train_timesteps))
+    if first:
+        x_t[:first], eps_all[:first], x0_all[:first] = reuse.x_t[:first], reuse.eps[:first], reuse.x0[:first]
+        features = {i: reuse.features[i] for i in capture if i < first}
+        # replay the scheduler over the kept ε̂: its state (DPM++'s history, DDPM's noise generator) must be
+        # where the model calls left it; x then equals reuse.x_t[first] bit for bit
+        for i in range(first):
+            x = scheduler.step(eps_all[i].to(x.device), timesteps[i], x, **step_kwargs).prev_sample
+
+    for i in range(first, end):
+        t, call = timesteps[i], calls[i]
         x_t[i] = x
         model_input = torch.cat([x, x]) if guided else x
-        out = unet(model_input, t, model_labels, ablation=settings.ablation, capture_features=i in capture)
+        out = unet(model_input, told[i], model_labels, ablation=call.ablation, capture_features=i in capture,
+                   bottleneck_shift=None if call.h_edit is None else shift)
         eps = out.sample
         if guided:
             eps_cond, eps_uncond = eps.chunk(2)
@@ -210,10 +395,12 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None) -> Tr
         torch.mul(x - noise_coefficient * eps, scale, out=x0_all[i])
         x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
         if progress is not None:
-            progress(i + 1, steps)
-    x_t[steps] = x
+            progress(i + 1 - first, end - first)
+    x_t[end] = x
     if not torch.isfinite(x).all():
         raise FloatingPointError("the reverse process produced NaN or infinite values")
+    if end < steps:
+        timesteps, x_t, eps_all, x0_all = timesteps[:end], x_t[:end + 1].clone(), eps_all[:end].clone(), x0_all[:end].clone()
     return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features)
 
 
@@ -269,5 +456,9 @@ def features_at(model: DiffusionModel, trajectory: Trajectory, step: int, sample
     labels = class_labels(model, trajectory.settings)
     label = None if labels is None else labels[sample_index:sample_index + 1]
     x = trajectory.x_t[step, sample_index:sample_index + 1].to(model.unet.device, model.unet.dtype)
-    out = model.unet(x, trajectory.timesteps[step], label, ablation=trajectory.settings.ablation, capture_features=True)
+    settings, t = trajectory.settings, int(trajectory.timesteps[step])
+    edit = settings.h_edit_at(t)
+    shift = None if edit is None else (edit.strength * edit.direction).to(model.unet.device, model.unet.dtype)
+    told = settings.told_timestep(t, model.scheduler_config.get("num_train_timesteps", 1000))
+    out = model.unet(x, told, label, ablation=settings.ablation_at(t), capture_features=True, bottleneck_shift=shift)
     return {name: f[0] for name, f in out.features.items()}

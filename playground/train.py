@@ -107,6 +107,15 @@ def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def earlier_training_stages(init_from: str | None) -> list[dict]:
+    """The training records of the weights a run starts from, oldest first, so a card can tell the whole story."""
+    record_path = Path(init_from) / "training.json" if init_from else None
+    if record_path is None or not record_path.is_file():
+        return []
+    record = json.loads(record_path.read_text())
+    return record.pop("earlier_stages", []) + [record]
+
+
 def export_pipeline(model: PlaygroundUNet, ema: EMAModel, scheduler: DDPMScheduler, out: Path, card: dict) -> None:
     """Write the EMA weights as a diffusers DDPMPipeline folder (what `weights/<name>/` holds)."""
     tmp = out.with_name(out.name + ".tmp")
@@ -200,11 +209,13 @@ def train(cfg: TrainConfig) -> Path:
     elif cfg.resume:
         accelerator.print(f"no checkpoint in {checkpoint_dir}; starting fresh")
 
+    earlier_stages = earlier_training_stages(cfg.init_from)
+
     def card() -> dict:
         return {"train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                 "steps": step, "epochs_done": round(step / steps_per_epoch, 3), "images_seen": step * cfg.batch_size,
                 "wall_seconds": round(wall_before + time.perf_counter() - started, 1), "device": str(device),
-                "torch_threads": torch.get_num_threads(), "final_loss_ema": loss_ema}
+                "torch_threads": torch.get_num_threads(), "final_loss_ema": loss_ema, "earlier_stages": earlier_stages}
 
     started, loss_ema, window_start, window_step = time.perf_counter(), None, time.perf_counter(), step
     model.train()

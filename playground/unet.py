@@ -10,7 +10,9 @@ the textbook picture, top to bottom:
                  └──────────── skips.append(h) ───────────────────────────── skips.pop() ──┘
 
 Two things UNet2DModel does not do, passed per call so one model object can serve many users at once:
-- `ablation=Ablation(...)` scales or zeroes skips per resolution, bypasses attention sites, or hides t;
+- `ablation=Ablation(...)` scales or zeroes skips per resolution (plainly or FreeU's way), bypasses
+  attention sites, or hides t;
+- `bottleneck_shift=...` adds a direction to the bottleneck's output (an h-space edit);
 - `capture_features=True` returns every intermediate map by its module path (`down_blocks.1.resnets.0`,
   `up_blocks.0.resnets.2.skip`, `mid_block.attentions.0`, ...), through explicit taps in the one forward.
 
@@ -31,7 +33,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
-from .ablation import Ablation
+from .ablation import FREEU_LOW_FREQ_BINS, Ablation
+from .checkpoint import CheckedLoading
 
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
@@ -273,13 +276,17 @@ class UpBlock(nn.Module):
         )
         self.upsamplers = nn.ModuleList([Upsample(out_channels)] if add_upsample else [])
 
-    def forward(self, h, skips, skip_gain, temb_activated, attention_off, tap):
+    def forward(self, h, skips, skip_gain, temb_activated, attention_off, tap, backbone_gain=1.0, low_freq_gain=1.0):
         for j, resnet in enumerate(self.resnets):
             skip = skips.pop()
             if skip_gain == 0.0:
                 skip = torch.zeros_like(skip)  # not skip * 0, which would keep NaN/inf
             elif skip_gain != 1.0:
                 skip = skip * skip_gain
+            if backbone_gain != 1.0:
+                h = scale_first_half_channels(h, backbone_gain)
+            if low_freq_gain != 1.0:
+                skip = scale_low_frequencies(skip, low_freq_gain)
             # the two halves of the concatenation: what came up the decoder, and what the encoder sent across
             h = tap(f"{self.name}.resnets.{j}.backbone", h)
             skip = tap(f"{self.name}.resnets.{j}.skip", skip)
@@ -289,6 +296,29 @@ class UpBlock(nn.Module):
         for upsampler in self.upsamplers:
             h = tap(f"{self.name}.upsamplers.0", upsampler(h))
         return h
+
+
+def scale_first_half_channels(h: torch.Tensor, gain: float) -> torch.Tensor:
+    """FreeU's backbone factor b: (B, C, H, W) with channels [0, C/2) multiplied by `gain`."""
+    half = h.shape[1] // 2
+    return torch.cat([h[:, :half] * gain, h[:, half:]], dim=1)
+
+
+def scale_low_frequencies(x: torch.Tensor, gain: float, bins: int = FREEU_LOW_FREQ_BINS) -> torch.Tensor:
+    """FreeU's skip factor s: scale the lowest spatial frequencies of `x` (B, C, H, W) by `gain`.
+
+    Exactly FreeU's `fourier_filter`: a box [H/2 − bins, H/2 + bins) around DC after fftshift is scaled,
+    then the real part of the inverse FFT is kept. The box is one bin off-centre, so the real part
+    averages it with its mirror image: DC is scaled by `gain`, some of its nearest neighbours by
+    (1 + gain) / 2, and nothing further out changes. float32 because FFTs of odd sizes (7 px) are not
+    supported in half precision.
+    """
+    height, width = x.shape[-2:]
+    spectrum = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))  # (B, C, H, W) complex
+    mask = torch.ones(height, width, device=x.device)
+    mask[height // 2 - bins:height // 2 + bins, width // 2 - bins:width // 2 + bins] = gain
+    filtered = torch.fft.ifftn(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), dim=(-2, -1)).real
+    return filtered.to(x.dtype)
 
 
 def _attend(attention, site, h, attention_off, tap, rescale=1.0):
@@ -305,7 +335,7 @@ def _attend(attention, site, h, attention_off, tap, rescale=1.0):
 # ---------------------------------------------------------------------------------------------
 
 
-class PlaygroundUNet(ModelMixin, ConfigMixin):
+class PlaygroundUNet(CheckedLoading, ModelMixin, ConfigMixin):
     """A `diffusers.UNet2DModel`-compatible U-Net with per-call ablation and feature capture.
 
     Arguments and defaults are UNet2DModel's (see its documentation); unsupported values raise
@@ -471,6 +501,7 @@ class PlaygroundUNet(ModelMixin, ConfigMixin):
         *,
         ablation: Ablation | None = None,
         capture_features: bool = False,
+        bottleneck_shift: torch.Tensor | None = None,
     ) -> PlaygroundUNetOutput | tuple:
         """Predict the noise in `sample` at `timestep`.
 
@@ -478,6 +509,8 @@ class PlaygroundUNet(ModelMixin, ConfigMixin):
         class_labels: (B,) long, required iff the model has `num_class_embeds`.
         ablation: what to switch off or scale for this call (composes with the training ablation).
         capture_features: also return every intermediate map in `.features`.
+        bottleneck_shift: (C, h, w) or (B, C, h, w) added to the bottleneck's output before the decoder
+            (an edit in "h-space", Kwon et al. 2023); the tap `mid_block.resnets.1` shows h before it.
         Returns PlaygroundUNetOutput(sample=(B, out_channels, H, W), features) or a tuple.
         """
         ablation = self._effective_ablation(ablation)
@@ -516,12 +549,17 @@ class PlaygroundUNet(ModelMixin, ConfigMixin):
         # 4. mid
         if self.mid_block is not None:
             h = self.mid_block(h, temb_activated, ablation.attention_off, tap)
+        if bottleneck_shift is not None:
+            h = h + bottleneck_shift.to(h.dtype)
 
-        # 5. up: the deepest level first, each consuming its skips with the skip gain of its resolution
+        # 5. up: the deepest level first, each consuming its skips with the gains of its resolution
         gains = dict(ablation.skip_scale)
+        backbone_gains, low_freq_gains = dict(ablation.backbone_scale), dict(ablation.skip_low_freq_scale)
+        scaled = bool(gains) or ablation.uses_freeu  # resolutions need sample_size: only ask when a gain is set
         for level, block in zip(reversed(range(len(self.up_blocks))), self.up_blocks):
-            gain = gains.get(self.skip_resolutions[level], 1.0) if gains else 1.0
-            h = block(h, skips, gain, temb_activated, ablation.attention_off, tap)
+            resolution = self.skip_resolutions[level] if scaled else None
+            h = block(h, skips, gains.get(resolution, 1.0), temb_activated, ablation.attention_off, tap,
+                      backbone_gains.get(resolution, 1.0), low_freq_gains.get(resolution, 1.0))
 
         # 6. post-process
         out = self.conv_out(self.conv_act(self.conv_norm_out(h)))  # (B, out_channels, H, W)

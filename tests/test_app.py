@@ -6,6 +6,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -22,6 +23,14 @@ def tiny_weights(tmp_path_factory):
     return make_tiny_weights(tmp_path_factory.mktemp("weights"))
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Handlers return matplotlib figures that Gradio would close after sending; called directly, the test does."""
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
 class NoProgress:
     def __call__(self, *args, **kwargs):
         pass
@@ -32,10 +41,11 @@ def registry(tiny_weights):
     return ModelRegistry(tiny_weights)
 
 
-def run_generate(registry, model_b=app.SAME_AS_A, skips=(1, 1), attention_off=(), time_off=False, steps=8, batch=2, seed=0):
+def run_generate(registry, model_b=app.SAME_AS_A, skips=(1, 1), attention_off=(), time_off=False, steps=8, batch=2, seed=0,
+                 state=None, digit=app.DIGIT_CHOICES[1]):
     skip_values = list(skips) + [1] * (app.MAX_SKIP_SLIDERS - len(skips))
-    return app.generate(registry, "tiny", model_b, app.DIGIT_CHOICES[1], 3, seed, "ddim", steps, batch,
-                        *skip_values, list(attention_off), time_off, None, progress=NoProgress())
+    return app.generate(registry, "tiny", model_b, digit, 3, seed, "ddim", steps, batch,
+                        *skip_values, list(attention_off), time_off, state, progress=NoProgress())
 
 
 def test_generate_keeps_both_trajectories_in_the_session_state(registry):
@@ -150,8 +160,7 @@ def test_a_broken_model_is_reported_and_the_others_still_load(tmp_path, tiny_wei
 @pytest.fixture(scope="module")
 def served(tiny_weights):
     demo = app.build_demo(tiny_weights)
-    demo.queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     yield url
     demo.close()
 
@@ -188,3 +197,201 @@ def test_bad_input_is_an_error_and_the_server_still_answers(served):
         client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "euler", 4, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
     result = client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
     assert "Mean |A − B|" in result[-1]
+
+
+# ---- B over time, the "when?" tools, sharing and export
+
+
+def option_values(t_from=0, t_to=999, lie_mode=app.LIE_MODES[0], lie_value=0, b=(), s=(), h_on=False, probe_t=500, component=0,
+                  strength=2.0, h_from=0, h_to=999):
+    def padded(gains):
+        return list(gains) + [1.0] * (app.MAX_SKIP_SLIDERS - len(gains))
+    return [t_from, t_to, lie_mode, lie_value, *padded(b), *padded(s), h_on, probe_t, component, strength, h_from, h_to]
+
+
+def set_options(registry, state, **options):
+    return app.set_b_options(registry, "tiny", app.SAME_AS_A, *option_values(**options), state, 2, progress=NoProgress())
+
+
+def test_a_t_window_keeps_b_equal_to_a_before_the_window_and_changes_it_inside(registry):
+    state, *_ = run_generate(registry, skips=(0, 0), steps=8)
+    windowed, *pictures = set_options(registry, state, t_from=0, t_to=400)
+    a, b = windowed["a"], windowed["b"]
+    before = a.timesteps > 400
+    assert before.any() and (~before).any()
+    assert torch.equal(a.x0[before], b.x0[before])
+    assert not torch.equal(a.final, b.final)
+    assert "only for 0 ≤ t ≤ 400" in pictures[-1]
+
+
+def test_options_set_before_generate_apply_to_the_next_run(registry):
+    stored, *skipped = set_options(registry, None, lie_mode=app.LIE_MODES[1], lie_value=300)
+    assert stored["options_b"]["lie"].offset == 300 and "a" not in stored
+    state, *outputs = run_generate(registry, state=stored)
+    assert state["b"].settings.timestep_lie.offset == 300 and not torch.equal(state["a"].final, state["b"].final)
+    assert "told t' = t +300" in outputs[-1]
+
+
+def test_the_freeu_preset_goes_to_the_two_deepest_stages_and_changes_b(registry):
+    values = app.freeu_preset_values(registry, "tiny", app.SAME_AS_A)
+    assert values[:2] == (1.4, 1.2) and values[5:7] == (0.2, 0.9)  # tiny's stages: 28 px, then 14 px (the deepest)
+    state, *_ = run_generate(registry)
+    freeu, *_ = set_options(registry, state, b=values[:2], s=values[5:7])
+    assert dict(freeu["ablation_b"].backbone_scale) == {28: 1.4, 14: 1.2}
+    assert not torch.equal(freeu["b"].final, state["b"].final)
+
+
+def test_an_h_space_edit_changes_b_and_its_probe_is_cached(registry):
+    state, *_ = run_generate(registry, steps=4)
+    app._probe.cache_clear()
+    edited, *_ = set_options(registry, state, h_on=True, component=1, strength=5.0)
+    again, *_ = set_options(registry, state, h_on=True, component=1, strength=-5.0)
+    assert app._probe.cache_info().hits == 1
+    assert not torch.equal(edited["b"].final, state["a"].final) and not torch.equal(edited["b"].final, again["b"].final)
+
+
+def test_the_sweep_plots_one_point_per_window_and_tabulates_them(registry):
+    state, *_ = run_generate(registry, skips=(0, 0), steps=6)
+    figure, table = app.sweep_ablation(registry, state, 3, progress=NoProgress())
+    assert len(figure.axes[0].lines[0].get_xdata()) == 3
+    assert table.count("\n| ") == 3 and "Applied at every step" in table
+
+
+def test_the_sweep_needs_an_ablation(registry):
+    state, *_ = run_generate(registry)
+    with pytest.raises(gr.Error, match="Set an ablation for B first"):
+        app.user_errors(app.sweep_ablation)(registry, state, 3, progress=NoProgress())
+
+
+def test_digit_decision_gives_curves_for_a_and_b_and_a_step_per_sample(registry):
+    state, *_ = run_generate(registry, skips=(0, 1), batch=3)
+    figure, probability_a, probability_b, table = app.digit_decides(registry, state, 2)
+    assert [line.get_label() for line in figure.axes[0].lines] == ["A: tiny", "B: tiny"]
+    assert probability_a.axes[0].get_title().startswith("A: sample 2")
+    assert table.count("\n| ") == 4 and "| B decided at t |" in table
+
+
+def test_the_setup_json_round_trips_to_the_same_pixels(registry):
+    state, *_ = run_generate(registry, skips=(0, 1), steps=5, batch=2, digit="7")  # a setup holds one digit, not the cycle
+    state, *_ = set_options(registry, state, t_from=100, t_to=700, lie_mode=app.LIE_MODES[2], lie_value=50)
+    text = app.refresh_setup(registry, state)
+    controls = app.apply_setup(registry, text)
+    assert len(controls) == app.SETUP_OUTPUTS
+    *values, pending, note = controls
+    assert pending["pending"] and pending["options_b"] == state["options_b"]
+    model_a, model_b, digit, *rest = values
+    replay, *_ = app.generate(registry, model_a, model_b, digit, *rest[:5],
+                              *[slider.value for slider in rest[5:10]], rest[10].value, rest[11], pending, progress=NoProgress())
+    assert torch.equal(replay["b"].final, state["b"].final) and "pending" not in replay
+
+
+def test_bad_setup_json_names_the_field(registry):
+    for text, field in [("{", "not valid JSON"), ('{"steps": "many"}', "steps"), ('{"colour": 1}', "unknown setup field"),
+                        ('{"model": "nope"}', "setup model"), ('{"model": "tiny", "batch": 99}', "setup batch")]:
+        with pytest.raises(gr.Error, match=field):
+            app.user_errors(app.apply_setup)(registry, text)
+
+
+def test_a_lesson_sets_the_controls_and_explains_itself(registry):
+    *controls, state, note = app.apply_lesson(registry, "what skips do", "tiny")
+    skip_sliders = controls[8:8 + app.MAX_SKIP_SLIDERS]
+    assert [s.value for s in skip_sliders[:2]] == [0.0, 0.0] and state["pending"]
+    assert "What skips do" in note and "sweep" in note
+
+
+class FakeRequest:
+    def __init__(self, **query):
+        self.query_params = query
+
+
+def test_query_parameters_open_a_lesson_or_a_setup_and_nothing_else_changes_without(registry):
+    assert all(v == gr.skip() for v in app.open_from_query(registry, "tiny", FakeRequest()))
+    lesson = app.open_from_query(registry, "tiny", FakeRequest(lesson="time"))
+    assert lesson[9 + app.MAX_SKIP_SLIDERS] is True  # the time-embedding switch
+    setup = app.open_from_query(registry, "tiny", FakeRequest(setup='{"model": "tiny", "seed": 7, "steps": 3}'))
+    assert setup[4] == 7 and setup[6] == 3
+    with pytest.raises(gr.Error, match="lesson"):
+        app.user_errors(app.open_from_query)(registry, "tiny", FakeRequest(lesson="../etc"))
+
+
+def test_generate_if_pending_runs_only_after_a_setup_was_applied(registry):
+    skipped = app.generate_if_pending(registry, "tiny", app.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False, None)
+    assert all(v == gr.skip() for v in skipped)
+    *_, pending, _ = app.apply_setup(registry, '{"model": "tiny", "steps": 3, "batch": 1}')
+    state, *_ = app.generate_if_pending(registry, "tiny", app.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False,
+                                        pending, progress=NoProgress())
+    assert len(state["a"]) == 3
+
+
+def test_exports_write_safetensors_and_a_zip_of_png_frames(registry):
+    import zipfile
+    from safetensors import safe_open
+    state, *_ = run_generate(registry, steps=4, batch=2)
+    path = app.export_tensors(state, "B")
+    assert os.path.dirname(path) == str(app._gif_directory())
+    with safe_open(path, "pt") as f:
+        assert f.get_tensor("x0").shape == (4, 2, 1, 28, 28) and f.metadata()["steps"] == "4"
+    with zipfile.ZipFile(app.export_frames(state, "A")) as archive:
+        names = archive.namelist()
+        assert len(names) == 5 and archive.read(names[0])[:4] == b"\x89PNG"
+
+
+def test_the_architecture_strip_lists_every_block_in_order_and_opens_one(registry):
+    choices = app.architecture_choices(registry, "tiny")
+    labels = [label for label, _ in choices]
+    assert labels[0].startswith("↓ conv_in") and any(label.startswith("• mid") for label in labels) and labels[-1].startswith("↑ up.1")
+    assert app.open_block(registry, "tiny", "mid_block.resnets.1") == "mid_block.resnets.1"
+    with pytest.raises(gr.Error, match="architecture strip"):
+        app.user_errors(app.open_block)(registry, "tiny", "mid_block.resnets.1.update")
+
+
+def test_the_new_events_are_listed_in_the_api(served):
+    endpoints = Client(served, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/b_options", "/freeu_preset", "/sweep", "/digit_decides", "/apply_setup", "/lesson", "/export_tensors",
+            "/export_frames", "/open_block", "/architecture", "/options_panel"} <= set(endpoints)
+
+
+def test_client_windows_b_sweeps_reads_digits_shares_and_exports(served):
+    client = Client(served, verbose=False)
+    client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 6, 2, 0, 0, 1, 1, 1, [], False, api_name="/generate")
+    windowed = client.predict("tiny", app.SAME_AS_A, *option_values(t_from=0, t_to=500), 6, api_name="/b_options")
+    assert "only for 0 ≤ t ≤ 500" in windowed[-1]
+    figure, table = client.predict(3, api_name="/sweep")
+    assert figure["type"] == "matplotlib" and table.count("\n| ") == 3
+    *figures, decided = client.predict(1, api_name="/digit_decides")
+    assert "A decided at t" in decided
+    with open(client.predict("A", api_name="/export_tensors"), "rb") as f:
+        assert f.read(8)  # a safetensors header length
+    controls = client.predict("what attention does", "tiny", api_name="/lesson")  # the browser chains a Generate; a client calls it
+    assert "What attention does" in controls[-1]
+    with pytest.raises(AppError, match="setup"):
+        client.predict('{"steps": "many"}', api_name="/apply_setup")
+
+
+def test_block_lists_follow_a_setup_only_when_one_was_applied(registry):
+    assert app.block_lists_if_pending(registry, "tiny", None) == (gr.skip(), gr.skip())
+    dropdown, strip = app.block_lists_if_pending(registry, "tiny-noskip", {"pending": True})
+    assert len(strip.choices) == len(app.architecture_choices(registry, "tiny-noskip"))
+
+
+def test_old_exports_of_every_kind_are_pruned(registry):
+    import time
+    state, *_ = run_generate(registry, steps=2, batch=1)
+    paths = [app.export_tensors(state, "A"), app.export_frames(state, "B"), app.export_gif(state, "x_t (noisy input)")]
+    old = time.time() - app.GIF_KEEP_SECONDS - 1
+    for path in paths:
+        os.utime(path, (old, old))
+    app._prune_gifs()
+    assert not any(os.path.exists(path) for path in paths)
+
+
+def test_the_setup_json_gives_the_clis_the_same_b_bit_for_bit(registry):
+    """Window, lie, FreeU and h-space edit included: the library path the CLIs take (setup.sample_settings) is B's."""
+    from playground import sample
+    from playground.setup import PlaygroundSetup
+    state, *_ = run_generate(registry, skips=(0, 1), steps=4, batch=2, digit="5")
+    state, *_ = set_options(registry, state, t_from=100, t_to=800, lie_mode=app.LIE_MODES[1], lie_value=200, b=(1.4, 1.2),
+                            s=(0.2, 0.9), h_on=True, component=1, strength=3.0, h_to=600)
+    model = registry.get("tiny")
+    setup = PlaygroundSetup.from_json(app.current_setup(registry, state))
+    assert torch.equal(sample(model, setup.sample_settings(model)).final, state["b"].final)

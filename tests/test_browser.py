@@ -1,6 +1,7 @@
 """One real-browser test: Debian's chromium, driven by Playwright, against `python app.py`."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -84,4 +85,74 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         assert image_source(page, "img-A-x0") == a_before
 
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+        browser.close()
+
+
+def set_number(page, label, value):
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Tab")  # blur -> .release
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
+def test_lesson_window_sweep_decision_and_query_setup_in_a_real_browser(server, tmp_path):
+    import json
+    import urllib.parse
+
+    from playwright.sync_api import expect, sync_playwright
+
+    # the waits are generous because this machine is shared with training runs; they cost nothing when it is idle
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+
+        # ?lesson=skips opens the app in that lesson: its explanation, every skip at 0, and a finished run
+        page.goto(server + "?lesson=skips", wait_until="domcontentloaded")
+        expect(page.locator("#lesson-note")).to_contain_text("What skips do", timeout=60_000)
+        expect(page.locator("#step-caption")).to_contain_text("finished sample", timeout=180_000)
+        expect(page.get_by_label("number input for skips joining at 28×28")).to_have_value("0")
+        numbers = page.locator("#numbers")
+        expect(numbers).to_contain_text("skips at 28×28 × 0")
+
+        # B's skips off only while t <= 400: B reruns, and the numbers say so
+        page.get_by_text("Network B over time").click()
+        b_before = image_source(page, "img-B-x0")
+        set_number(page, "Ablation window: to t", 400)
+        expect(numbers).to_contain_text("only for 0 ≤ t ≤ 400", timeout=120_000)
+        assert image_source(page, "img-B-x0") != b_before
+
+        # the sweep: a curve and a table of windows
+        page.get_by_role("tab", name="When does it matter?").click()
+        set_number(page, "Windows", 3)
+        page.get_by_role("button", name="When does it matter? (sweep the window over t)").click()
+        expect(page.locator("#sweep-table")).to_contain_text("Applied at every step", timeout=180_000)
+        expect(page.locator("#sweep-plot img")).to_be_visible()
+
+        # when does the digit decide: the plots and a decided step per sample
+        page.get_by_role("tab", name="When does the digit decide?").click()
+        page.get_by_role("button", name="When does the digit decide?").click()
+        expect(page.locator("#decision-table")).to_contain_text("A decided at t", timeout=120_000)
+        expect(page.locator("#decision-plot img")).to_be_visible()
+        expect(page.locator("#probability-b img")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
+
+        # the architecture strip opens a block's maps
+        page.locator("#arch-strip label", has_text="mid").click()
+        expect(page.locator("#feature-caption")).to_contain_text("mid_block.resnets.1", timeout=60_000)
+        expect(page.locator("#block input")).to_have_value(re.compile("mid_block.resnets.1"))
+
+        # a lesson preset from the dropdown sets the controls and runs them
+        page.locator("#lesson input").click()
+        page.get_by_role("option", name="What time conditioning does").click()
+        expect(page.locator("#lesson-note")).to_contain_text("What time conditioning does", timeout=60_000)
+        expect(numbers).to_contain_text("time embedding off", timeout=180_000)
+
+        # ?setup=<JSON> opens the app in that state; the setup box shows it back after the run
+        setup = {"model": "tiny", "seed": 7, "steps": 5, "batch": 2, "digit": 4, "ablation": {"skip_scale": {"14": 0.5}}}
+        page.goto(server + "?setup=" + urllib.parse.quote(json.dumps(setup)), wait_until="domcontentloaded")
+        expect(page.locator("#step-caption")).to_contain_text("finished sample", timeout=180_000)
+        expect(page.get_by_label("number input for skips joining at 14×14")).to_have_value("0.5")
+        page.get_by_role("tab", name="Share and export").click()
+        expect(page.locator("#setup-json textarea")).to_have_value(re.compile('"seed": 7'), timeout=60_000)
         browser.close()

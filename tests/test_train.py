@@ -106,3 +106,20 @@ def test_stop_after_is_a_command_line_option():
     assert parse_args(["--data-dir", "data", "--out", "weights/x"]).stop_after is None
     with pytest.raises(SystemExit):
         parse_args(["--data-dir", "data", "--out", "weights/x", "--stop-after", "0"])
+
+
+def test_a_run_started_from_shipped_weights_records_their_training_and_its_card_tells_both_stages(trained, train_data, tmp_path):
+    from playground.card import render_card
+
+    continued = train(tiny_config(train_data, tmp_path, epochs=1, init_from=str(trained), lr=5e-4))
+    record = json.loads((continued / "training.json").read_text())
+    first_stage = json.loads((trained / "training.json").read_text())
+    assert first_stage.pop("earlier_stages") == []
+    assert record["earlier_stages"] == [first_stage]  # flattened: a third stage would list two, oldest first
+    assert record["train_config"]["init_from"] == str(trained)
+
+    card = render_card(continued, None, "a test machine")
+    assert "stage 1, from random initialisation" in card
+    assert "stage 2, from the previous stage's EMA weights" in card
+    assert f"in all: {2 * first_stage['epochs_done']:.2f} epochs" in card
+    assert "--checkpoint-dir checkpoints/out-stage2" in card  # stage 2 must not resume stage 1's checkpoints
