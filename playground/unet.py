@@ -324,7 +324,11 @@ def scale_low_frequencies(x: torch.Tensor, gain: float, bins: int = FREEU_LOW_FR
 def _attend(attention, site, h, attention_off, tap, rescale=1.0):
     """h + attention(h), unless the site is switched off; taps the update and the result."""
     if site in attention_off:
-        return h
+        # the same maps exist with the site off, so an ablated run compares with the intact one block for block:
+        # no update, and h flows on unchanged
+        if tap is not _ignore:
+            tap(f"{site}.update", torch.zeros_like(h))
+        return tap(site, h)
     update = tap(f"{site}.update", attention(h))
     h = update + h
     return tap(site, h if rescale == 1.0 else h / rescale)

@@ -97,6 +97,16 @@ def test_feature_view_shows_three_views_for_a_and_b_with_a_caption(registry):
     assert "mid_block.attentions.0" in caption and "shape (16, 14, 14)" in caption
 
 
+def test_a_switched_off_attention_site_still_has_maps_to_compare(registry):
+    """Found by the load test: B with a site off had no maps there, so viewing that block failed."""
+    site = "mid_block.attentions.0"
+    state, *_ = run_generate(registry, attention_off=[site])
+    for block in (site, f"{site}.update"):
+        *images, legend, caption = app.view_features(registry, state, 2, block, 0, "block")
+        assert caption.count(f"`{block}`") == 2  # A and B
+    assert "values in [0, 0]" in caption.split("**B**")[1]  # B's update: the site adds nothing
+
+
 def test_block_choices_cover_every_captured_map_with_group_and_resolution(registry):
     choices = app.block_choices(registry, "tiny")
     names = [value for _, value in choices]
