@@ -95,7 +95,7 @@ def set_number(page, label, value):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
-def test_lesson_window_sweep_decision_and_query_setup_in_a_real_browser(server, tmp_path):
+def test_lesson_window_lie_freeu_hspace_sweep_decision_export_and_query_setup_in_a_real_browser(server, tmp_path):
     import json
     import urllib.parse
 
@@ -136,6 +136,21 @@ def test_lesson_window_sweep_decision_and_query_setup_in_a_real_browser(server, 
         expect(page.locator("#decision-plot img")).to_be_visible()
         expect(page.locator("#probability-b img")).to_be_visible()
         page.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
+
+        # the other ways to change B over time: a timestep lie, FreeU's preset, an h-space direction
+        page.get_by_text("offset: tell t + value").click()
+        expect(numbers).to_contain_text("told t' = t +300", timeout=120_000)
+        page.get_by_role("tab", name="FreeU").click()
+        page.get_by_role("button", name="FreeU preset").click()
+        expect(numbers).to_contain_text("FreeU b =", timeout=120_000)
+        page.get_by_role("tab", name="h-space").click()
+        page.get_by_text("Add an h-space direction to B").click()
+        expect(numbers).to_contain_text("h-space PC0", timeout=120_000)
+
+        # export: the session's trajectory as safetensors
+        page.get_by_role("tab", name="Share and export").click()
+        page.get_by_role("button", name="Download tensors (.safetensors)").click()
+        expect(page.locator("#export-file")).to_contain_text(".safetensors", timeout=60_000)
 
         # the architecture strip opens a block's maps
         page.locator("#arch-strip label", has_text="mid").click()
