@@ -54,6 +54,7 @@ MAX_IMAGE_FORWARDS = 8192
 SESSION_STATE_BYTES = 48 * 2**20
 # A slower machine (or a busier one) must not stretch that: a request still running after this is stopped.
 REQUEST_SECONDS = 120
+PROGRESS_UPDATES = 10  # per run of the reverse process
 GIF_KEEP_SECONDS = 600  # Gradio copies a returned file into its own cache at once; ours need not outlive that
 IMAGE_PX = 84  # display height of one 28-pixel sample
 # Gradio's default WebP is lossy (a faint difference map or a thin plot line would show compression noise) and
@@ -254,7 +255,9 @@ def _timed(started, progress):
         if time.monotonic() - started > REQUEST_SECONDS:
             raise UserError(f"The request ran over the {REQUEST_SECONDS} s limit and was stopped; "
                             "use fewer steps or a smaller batch.")
-        progress(done, total)
+        # every update is a message through the queue to the browser: a few per second are enough to watch
+        if done == total or done % max(1, total // PROGRESS_UPDATES) == 0:
+            progress(done, total)
 
     return report
 
