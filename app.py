@@ -21,7 +21,8 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from playground import Ablation, SampleSettings, feature_group, features_at, sample
+from playground import Ablation, SampleSettings, feature_group, features_at
+from playground.sampling import sample  # playground.sample is also the CLI module, whose import shadows the name
 from playground.evaluate import classify, eps_mse_per_timestep, skip_backbone_spectra
 from playground.ablation import freeu_preset
 from playground.explore import (

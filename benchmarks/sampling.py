@@ -24,7 +24,8 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from playground import SampleSettings, load_pipeline, sample
+    from playground import SampleSettings, load_pipeline
+    from playground.sampling import sample
 
     model = load_pipeline(ROOT / "weights" / "mnist")
     _, theirs = flagship_pair()

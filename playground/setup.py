@@ -135,10 +135,7 @@ class PlaygroundSetup:
     def from_dict(cls, data: Mapping) -> "PlaygroundSetup":
         if not isinstance(data, Mapping):
             raise ValueError(f"a setup must be a JSON object, got {type(data).__name__}")
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown setup field(s) {unknown}; valid: {', '.join(valid)}")
+        _check_fields(cls, data, "setup")
         values = {k: v for k, v in data.items() if k in ("model", "seed", "sampler", "steps", "batch", "digit", "guidance")}
         if "ablation" in data:
             try:
@@ -170,13 +167,17 @@ class PlaygroundSetup:
         return cls.from_json(text)
 
 
-def _from_mapping(kind, data, name: str):
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{name} must be a JSON object or null, got {data!r}")
+def _check_fields(kind, data: Mapping, name: str) -> None:
     valid = [f.name for f in fields(kind)]
     unknown = sorted(set(data) - set(valid))
     if unknown:
         raise ValueError(f"unknown {name} field(s) {unknown}; valid: {', '.join(valid)}")
+
+
+def _from_mapping(kind, data, name: str):
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{name} must be a JSON object or null, got {data!r}")
+    _check_fields(kind, data, name)
     values = dict(data)
     if values.get("window") is not None:
         values["window"] = Window.of(values["window"], f"{name} window")

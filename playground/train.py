@@ -178,6 +178,8 @@ def train(cfg: TrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     accelerator = Accelerator()
     device = accelerator.device
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the attention projections, as cuDNN already does for convs
     out = Path(cfg.out)
     checkpoint_dir = Path(cfg.checkpoint_dir or Path("checkpoints") / out.name)
 
@@ -215,14 +217,18 @@ def train(cfg: TrainConfig) -> Path:
         return {"train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                 "steps": step, "epochs_done": round(step / steps_per_epoch, 3), "images_seen": step * cfg.batch_size,
                 "wall_seconds": round(wall_before + time.perf_counter() - started, 1), "device": str(device),
-                "torch_threads": torch.get_num_threads(), "final_loss_ema": loss_ema, "earlier_stages": earlier_stages}
+                "torch_threads": torch.get_num_threads(),
+                "final_loss_ema": None if loss_ema is None else loss_ema.item(), "earlier_stages": earlier_stages}
 
     started, loss_ema, window_start, window_step = time.perf_counter(), None, time.perf_counter(), step
+    order_epoch, order = None, None
     model.train()
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        batch_index = order[position * cfg.batch_size:(position + 1) * cfg.batch_size].to(device)
+        if epoch != order_epoch:
+            order_epoch = epoch
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
+        batch_index = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
         noise_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
 
         x0, y = images[batch_index], labels[batch_index]  # (B, 1, 28, 28), (B,)
@@ -243,14 +249,15 @@ def train(cfg: TrainConfig) -> Path:
         ema.step(unwrapped.parameters())
         step += 1
 
-        value = loss.item()
-        loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
+        # the running loss stays on the device: reading it every step would make the CPU wait for the GPU
+        loss_ema = loss.detach() if loss_ema is None else torch.lerp(loss_ema, loss.detach(), 0.02)
         if step % cfg.log_every == 0 or step == total_steps:
+            value = loss.item()
             now = time.perf_counter()
             rate = (step - window_step) * cfg.batch_size / (now - window_start)
             window_start, window_step = now, step
             accelerator.print(
-                f"step {step}/{total_steps} epoch {step / steps_per_epoch:.2f} loss {value:.4f} (avg {loss_ema:.4f}) "
+                f"step {step}/{total_steps} epoch {step / steps_per_epoch:.2f} loss {value:.4f} (avg {loss_ema.item():.4f}) "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.0f} img/s",
                 flush=True,
             )

@@ -397,7 +397,7 @@ def test_old_exports_of_every_kind_are_pruned(registry):
 
 def test_the_setup_json_gives_the_clis_the_same_b_bit_for_bit(registry):
     """Window, lie, FreeU and h-space edit included: the library path the CLIs take (setup.sample_settings) is B's."""
-    from playground import sample
+    from playground.sampling import sample
     from playground.setup import PlaygroundSetup
     state, *_ = run_generate(registry, skips=(0, 1), steps=4, batch=2, digit="5")
     state, *_ = set_options(registry, state, t_from=100, t_to=800, lie_mode=app.LIE_MODES[1], lie_value=200, b=(1.4, 1.2),

@@ -22,7 +22,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import app  # noqa: E402
-from playground import PlaygroundUNet, SampleSettings, load_pipeline, sample  # noqa: E402
+from playground import PlaygroundUNet, SampleSettings, load_pipeline  # noqa: E402
+from playground.sampling import sample  # noqa: E402
 from playground.registry import ModelRegistry  # noqa: E402
 from tiny_weights import TINY_UNET, make_tiny_weights, write_pipeline  # noqa: E402
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from playground import Ablation, SampleSettings, compare, features_at, load_pipeline, sample
+from playground import Ablation, SampleSettings, compare, features_at, load_pipeline
+from playground.sampling import sample  # not `from playground`: importing the CLI module playground.sample shadows that name
 from playground.evaluate import eps_mse_per_timestep, frechet_distance, radial_spectrum, sample_quality
 from playground.classifier import load_classifier
 from tiny_weights import make_tiny_weights
