@@ -6,15 +6,18 @@ the top; `build_demo()` lays out the page and wires the events; per-session resu
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import io
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -94,6 +97,54 @@ HSPACE_HELP = f"""PCA of the bottleneck (h-space) over {PROBE_SAMPLES} unconditi
 then cached); the chosen component, times its standard deviation × strength, is added to B's bottleneck inside the window."""
 
 log = logging.getLogger("playground.app")
+
+# Every network runs on this one thread. PyTorch's OpenMP workers belong to the thread that calls into them: once
+# a second thread (Gradio runs each event on one of its worker threads) has its own team, libgomp counts more
+# threads than cores, stops spinning between parallel regions, and every convolution waits for its workers to
+# wake. Measured on 2 vCPU: generate took 1.5 s on one thread and 3.1 s on a worker thread once another had run
+# the model. Queued on one thread, the networks also never compete for the cores.
+NETWORK_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="networks")
+
+
+def on_network_thread(handler):
+    """Run `handler` on NETWORK_THREAD (from any thread, with Gradio's context: progress, request) and wait for it."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        if threading.current_thread().name.startswith("networks"):  # this thread or PAIR_THREAD, below
+            return handler(*args, **kwargs)  # already there, or waited on by it: queuing would deadlock
+        return NETWORK_THREAD.submit(contextvars.copy_context().run, handler, *args, **kwargs).result()
+
+    return wrapped
+
+
+# A and B side by side. At batch 1-2 one 28×28 network cannot keep two cores busy (a guided step takes 14 ms
+# on two threads, 19 ms on one), so A on the network thread and B on this one, a core each, finish 50 steps of
+# both in ~1.0 s instead of ~1.35 s. One-thread work starts no OpenMP team, so the rule above still holds.
+PAIR_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="networks-pair")
+
+
+def _one_core(run):
+    torch.set_num_threads(1)  # this thread's OpenMP and MKL setting (both are per thread)
+    return run()
+
+
+def side_by_side(run_a, run_b):
+    """run_a() on this thread and run_b() (if given) on PAIR_THREAD at the same time, one core each."""
+    if run_b is None:
+        return run_a(), None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        future_b = PAIR_THREAD.submit(contextvars.copy_context().run, _one_core, run_b)
+        try:
+            a = run_a()
+        except BaseException:
+            future_b.exception()  # B stops at its own time limit; wait, so no run outlives its request
+            raise
+        return a, future_b.result()
+    finally:
+        torch.set_num_threads(threads)
 
 
 class UserError(gr.Error):
@@ -318,11 +369,20 @@ def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, 
     ablation_b = _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options)
     _check_budget(settings, a_model, b_differs=not (b_model is a_model and ablation_b.is_intact and options["lie"] is None
                                                     and options["h_edit"] is None))
-    total = 2 * settings.steps
     started = time.monotonic()
-    a = _finite(sample(a_model, settings, _timed(started, lambda i, n: progress((i, total), desc="A: intact network"))), "A")
-    b = _finite(_run_b(a, a_model, b_model, ablation_b,
-                       _timed(started, lambda i, n: progress((n + i, total), desc="B: ablated network")), registry, options), "B")
+    if b_model is not a_model or (options["window"] is None and options["h_edit"] is None):
+        # B owes A nothing (no steps to copy from it): both run at once, one core each
+        settings_b = _b_settings(registry, settings, b_model, ablation_b, options)
+        same = b_model is a_model and settings_b == settings
+        a, b = side_by_side(
+            lambda: sample(a_model, settings, _timed(started, lambda i, n: progress((i, n), desc="A and B side by side"))),
+            None if same else lambda: sample(b_model, settings_b, _timed(started, lambda i, n: None)))
+        a, b = _finite(a, "A"), _finite(b if b is not None else a, "B")
+    else:
+        total = 2 * settings.steps
+        a = _finite(sample(a_model, settings, _timed(started, lambda i, n: progress((i, total), desc="A: intact network"))), "A")
+        b = _finite(_run_b(a, a_model, b_model, ablation_b,
+                           _timed(started, lambda i, n: progress((n + i, total), desc="B: ablated network")), registry, options), "B")
     state = {"a": a, "b": b, "model_a": a_model.name, "model_b": b_model.name, "ablation_b": ablation_b, "options_b": options}
     step = len(a)
     return (state, gr.Slider(maximum=step, value=step), gr.Slider(maximum=max(settings.batch - 1, 1), value=0, interactive=settings.batch > 1),
@@ -350,7 +410,7 @@ def _run_b(a, a_model, b_model, ablation_b, progress, registry=None, options=NO_
     """B's trajectory from A's settings and noise; A itself when B would compute exactly the same thing.
 
     On A's own model, the steps before B first differs (e.g. before its t-window) are copied from A, not rerun."""
-    settings = _b_settings(registry, a, b_model, ablation_b, options)
+    settings = _b_settings(registry, a.settings, b_model, ablation_b, options)
     if b_model is a_model and settings == a.settings:
         return a
     return sample(b_model, settings, progress, reuse=a if b_model is a_model else None)
@@ -614,19 +674,19 @@ def _probe(registry, model_name, sampler, steps, seed, guidance, t):
     return hspace_probe(registry.get(model_name), settings, t, components=HSPACE_COMPONENTS)
 
 
-def _b_settings(registry, a, b_model, ablation_b, options) -> SampleSettings:
+def _b_settings(registry, settings_a, b_model, ablation_b, options) -> SampleSettings:
     """B's settings: A's noise and schedule with B's ablation, its t-window, timestep lie and h-space edit."""
     ablation_b.check_against(b_model.unet.skip_resolutions, b_model.unet.attention_sites)  # FreeU gains set for another model
     edit = None
     recipe = options["h_edit"]
     if recipe is not None:
-        s = a.settings
+        s = settings_a
         if PROBE_SAMPLES * s.steps > MAX_IMAGE_FORWARDS:
             raise ValueError(f"h-space edit: the probe runs {PROBE_SAMPLES} samples through up to {s.steps} steps, "
                              f"more than this server allows; use at most {MAX_IMAGE_FORWARDS // PROBE_SAMPLES} steps")
         edit = _probe(registry, b_model.name, s.sampler, s.steps, s.seed, s.guidance, recipe.probe_t).edit(
             recipe.component, recipe.strength, recipe.window)
-    return replace(a.settings, ablation=ablation_b, ablation_window=options["window"], timestep_lie=options["lie"], h_edit=edit)
+    return replace(settings_a, ablation=ablation_b, ablation_window=options["window"], timestep_lie=options["lie"], h_edit=edit)
 
 
 def _describe_timing(options) -> str:
@@ -972,10 +1032,11 @@ def open_block(registry, model_a, name):
 
 def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
     registry = ModelRegistry(weights_dir or os.environ.get("PLAYGROUND_WEIGHTS", "weights"))
-    registry.load_all()
+    on_network_thread(registry.load_all)()  # loading checks every weight: the first of many parallel torch calls
     models = registry.available
     default_a = "mnist" if "mnist" in models else (models[0] if models else None)
     bound = lambda handler: user_errors(functools.partial(handler, registry))  # noqa: E731
+    networked = lambda handler: user_errors(on_network_thread(functools.partial(handler, registry)))  # noqa: E731
 
     # every picture an event returns is written to Gradio's cache; on a public server that cache must be swept
     with gr.Blocks(title="U-Net Diffusion Playground", delete_cache=(600, GIF_KEEP_SECONDS * 3)) as demo:
@@ -1133,29 +1194,29 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         generate_inputs = [model_a, model_b, digit, guidance, seed, sampler, steps, batch, *ablation_inputs, state]
         generate_outputs = [state, step, sample_index, *step_outputs, *number_outputs]
         refresh = dict(fn=bound(refresh_setup), inputs=state, outputs=setup_box, api_name=False, show_progress="hidden")
-        generate_button.click(bound(generate), generate_inputs, generate_outputs, api_name="generate", **model_events
+        generate_button.click(networked(generate), generate_inputs, generate_outputs, api_name="generate", **model_events
                               ).success(**refresh)
         for control in skip_sliders:
-            control.release(bound(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
+            control.release(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
                             [state, *step_outputs, *number_outputs], api_name="ablate" if control is skip_sliders[0] else False,
                             **model_events).success(**refresh)
         for control in (attention_off, time_off):
-            control.input(bound(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
+            control.input(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
                           [state, *step_outputs, *number_outputs], api_name=False, **model_events).success(**refresh)
         option_inputs = [window_from, window_to, lie_mode, lie_value, *freeu_b, *freeu_s, h_on, probe_t, component, strength, h_from, h_to]
         for control in option_inputs:
             trigger = control.input if isinstance(control, (gr.Radio, gr.Checkbox)) else control.release
-            trigger(bound(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
+            trigger(networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
                     api_name="b_options" if control is window_from else False, **model_events).success(**refresh)
         freeu_button.click(bound(freeu_preset_values), [model_a, model_b], [*freeu_b, *freeu_s], api_name="freeu_preset").success(
-            bound(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
+            networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
             api_name=False, **model_events).success(**refresh)
-        sweep_button.click(bound(sweep_ablation), [state, sweep_windows], [sweep_plot, sweep_table], api_name="sweep", **model_events)
-        decide_button.click(bound(digit_decides), [state, sample_index], [decision_plot, probability_a, probability_b, decision_table],
+        sweep_button.click(networked(sweep_ablation), [state, sweep_windows], [sweep_plot, sweep_table], api_name="sweep", **model_events)
+        decide_button.click(networked(digit_decides), [state, sample_index], [decision_plot, probability_a, probability_b, decision_table],
                             api_name="digit_decides", **model_events)
         setup_outputs = [model_a, model_b, digit, guidance, seed, sampler, steps, batch, *skip_sliders, attention_off, time_off,
                          *option_inputs, state, lesson_note]
-        then_generate = dict(fn=bound(generate_if_pending), inputs=generate_inputs, outputs=generate_outputs, api_name=False,
+        then_generate = dict(fn=networked(generate_if_pending), inputs=generate_inputs, outputs=generate_outputs, api_name=False,
                              **model_events)
         def then_run(event):
             """After a setup is applied: the block lists follow its model, then Generate runs it and the setup box shows it."""
@@ -1171,11 +1232,11 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         feature_inputs = [state, step, block, sample_index, range_mode]
         feature_outputs = [*feature_images, legend, feature_caption]
         for trigger in (step.release, block.input, sample_index.release, range_mode.input):
-            trigger(bound(view_features), feature_inputs, feature_outputs,
+            trigger(networked(view_features), feature_inputs, feature_outputs,
                     api_name="features" if trigger == block.input else False, **view_events)
         strip.input(bound(open_block), [model_a, strip], block, api_name="open_block").success(
-            bound(view_features), feature_inputs, feature_outputs, api_name=False, **view_events)
-        numbers_button.click(bound(compute_numbers), [state, step], [eps_plot, spectrum_plot], api_name="numbers", **model_events)
+            networked(view_features), feature_inputs, feature_outputs, api_name=False, **view_events)
+        numbers_button.click(networked(compute_numbers), [state, step], [eps_plot, spectrum_plot], api_name="numbers", **model_events)
         gif_button.click(user_errors(export_gif), [state, gif_which], gif, api_name="gif", **view_events)
         for selector in (model_a, model_b):
             selector.input(bound(ablation_panel), [model_a, model_b], panel_outputs,

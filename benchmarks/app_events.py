@@ -151,11 +151,9 @@ def main():
 
     cold = cold_start_seconds()
 
-    import torch
-
     import app
 
-    torch.set_num_threads(2)
+    # no torch call on this thread (not even set_num_threads): the app keeps every network on its own thread
     demo = app.build_demo(ROOT / "weights")
     # the memory rounds show the bound: with room for `sessions` states, each new round evicts the last one's
     _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
@@ -175,7 +173,7 @@ def main():
             server, client = zip(*[next(timings) for _ in requests])
             results[name] = statistics.median(server), statistics.median(client)
 
-        held_per_session = session_bytes(app, app.MAX_BATCH) / 2**20
+        held_per_session = app.on_network_thread(session_bytes)(app, app.MAX_BATCH) / 2**20
         rounds = []
         for round_number in range(3):
             sessions = range((round_number + 1) * 100, (round_number + 1) * 100 + args.sessions)

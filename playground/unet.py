@@ -487,10 +487,12 @@ class PlaygroundUNet(CheckedLoading, ModelMixin, ConfigMixin):
         key = (height, width)
         cache = self.__dict__.setdefault("_feature_shape_cache", {})
         if key not in cache:
-            x = torch.zeros(1, self.config.in_channels, height, width, device=self.device, dtype=self.conv_in.weight.dtype)
-            labels = None if self.class_embedding is None else torch.zeros(1, dtype=torch.long, device=self.device)
-            with torch.no_grad():
-                features = self(x, 0, class_labels=labels, capture_features=True).features
+            # traced on the meta device: shapes without arithmetic, so asking costs no thread any real compute
+            with torch.device("meta"):
+                shadow = type(self).from_config(self.config)
+                x = torch.zeros(1, self.config.in_channels, height, width)
+                labels = None if self.class_embedding is None else torch.zeros(1, dtype=torch.long)
+                features = shadow(x, 0, class_labels=labels, capture_features=True).features
             cache[key] = {name: tuple(t.shape[1:]) for name, t in features.items()}
         return cache[key]
 

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -175,6 +176,14 @@ def save_gif(frames: list[Image.Image], path_or_buffer, frame_ms: int = 60, hold
     frames[0].save(path_or_buffer, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
 
 
+def _short_power_of_ten(value, _position=None) -> str:
+    """Log-axis tick label in at most 5 characters: 0.01, 1, 100, 1e-4, 1e5."""
+    if 0.01 <= value < 1e4:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str, logy: bool = False, invert_x: bool = False):
     """One line per label: curves[label] = (x values, y values). Returns a matplotlib Figure."""
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
@@ -185,10 +194,14 @@ def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str
     ax.set_ylabel(ylabel)
     if logy and any((_as_numpy(y) > 0).any() for _, y in curves.values()):  # all-zero curves (A == B) stay linear
         ax.set_yscale("log")
+        # plain "0.01" tick labels: the default 10⁻² ones go through mathtext, ~30 ms of every redraw
+        ax.yaxis.set_major_formatter(FuncFormatter(_short_power_of_ten))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     if invert_x:
         ax.invert_xaxis()
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    # fixed margins, room for the labels at this size: tight_layout measured every text first, another ~30 ms
+    fig.subplots_adjust(left=0.14, right=0.98, top=0.92, bottom=0.15)
     return fig

@@ -1,6 +1,8 @@
 """The app: handlers called directly, then the real server driven through gradio_client."""
 
+import contextvars
 import os
+import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -63,6 +65,55 @@ def test_an_ablation_changes_b_but_not_a(registry):
     ablated, *_ = run_generate(registry, skips=(0, 1))
     assert (intact["a"].final == ablated["a"].final).all()
     assert not (intact["b"].final == ablated["b"].final).all()
+
+
+def test_a_and_b_run_side_by_side_and_equal_runs_one_after_the_other(registry, monkeypatch):
+    threads, real_sample = {}, app.sample
+
+    def recording_sample(model, settings, *args, **kwargs):
+        threads["A" if settings.ablation.is_intact else "B"] = threading.current_thread().name
+        return real_sample(model, settings, *args, **kwargs)
+
+    monkeypatch.setattr(app, "sample", recording_sample)
+    state, *_ = run_generate(registry, skips=(0, 1))
+    assert threads["A"] == threading.current_thread().name and threads["B"].startswith("networks-pair")
+    model = registry.get("tiny")
+    assert torch.equal(state["a"].x_t, real_sample(model, state["a"].settings).x_t)
+    assert torch.equal(state["b"].x_t, real_sample(model, state["b"].settings).x_t)
+
+
+def test_side_by_side_passes_b_s_error_on_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    assert app.side_by_side(lambda: "a", lambda: torch.get_num_threads()) == ("a", 1)
+
+    def b_fails():
+        raise FloatingPointError("B diverged")
+
+    with pytest.raises(FloatingPointError, match="B diverged"):
+        app.side_by_side(lambda: "a", b_fails)
+    assert torch.get_num_threads() == before
+
+
+def test_networks_run_on_one_thread_whoever_asks_with_the_askers_context():
+    asker = contextvars.ContextVar("asker")
+
+    def where():
+        inner = app.on_network_thread(lambda: threading.current_thread().name)()  # nested: must not deadlock
+        return threading.current_thread().name, inner, asker.get()
+
+    answers = []
+
+    def ask(name):
+        asker.set(name)
+        answers.append(app.on_network_thread(where)())
+
+    askers = [threading.Thread(target=ask, args=(f"visitor {i}",)) for i in range(3)]
+    for thread in askers:
+        thread.start()
+    for thread in askers:
+        thread.join(30)
+    assert len(answers) == 3 and {(outer, inner) for outer, inner, _ in answers} == {("networks_0", "networks_0")}
+    assert sorted(visitor for *_, visitor in answers) == ["visitor 0", "visitor 1", "visitor 2"]
 
 
 def test_scrub_renders_every_step_without_calling_the_model(registry, monkeypatch):
