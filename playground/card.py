@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
+
+from .train import TrainConfig
+
+# training settings a reproduce command must state when a stage changed them (epochs, lr and warmup always)
+STATED_ALWAYS = ("epochs", "lr", "warmup_steps")
+STATED_IF_CHANGED = ("batch_size", "min_lr_ratio", "ema_decay", "uncond_prob", "seed", "beta_schedule",
+                     "block_out_channels", "layers_per_block", "attention_levels")
 
 WHAT_DIFFUSERS_DOES = {
     True: "Stock diffusers loads every component and computes the same function: "
@@ -45,7 +53,7 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
         f"- attention head dim {unet['attention_head_dim']}, GroupNorm({unet['norm_num_groups']}), SiLU, sinusoidal time "
         f"embedding + MLP, class embedding of {unet['num_class_embeds']} labels (0–9 digits, 10 = no digit) added to it",
         "", "## Training",
-        f"- data: MNIST train (60,000 images, [-1, 1]), labels replaced by the null label with probability {cfg['uncond_prob']}",
+        "- data: MNIST train (60,000 images, [-1, 1]); each label is replaced by the null label with the stage's probability",
         *_stage_lines(training, hardware),
         "", "## Compatibility", WHAT_DIFFUSERS_DOES[intact],
     ]
@@ -63,10 +71,21 @@ def _reproduce_lines(name: str, stages: list[dict]) -> list[str]:
         flags = "".join(f" --ablation {spec}" for spec in cfg.get("ablation") or [])
         if number > 1:  # its own checkpoints, or --resume would pick up the previous stage's
             flags += f" --init-from weights/{name} --checkpoint-dir checkpoints/{name}-stage{number}"
+        flags += _setting_flags(cfg)
         lines.append(f"- {'stage ' + str(number) + ': ' if len(stages) > 1 else ''}`python -m playground.train --data-dir "
-                     f"../shared/data/mnist --out weights/{name}{flags} --epochs {cfg['epochs']} --lr {cfg['lr']} "
-                     f"--warmup-steps {cfg['warmup_steps']}`")
+                     f"../shared/data/mnist --out weights/{name}{flags}`")
     return lines
+
+
+def _setting_flags(cfg: dict) -> str:
+    defaults = asdict(TrainConfig(data_dir="", out=""))
+    flags = ""
+    for key in STATED_ALWAYS + STATED_IF_CHANGED:
+        value, default = cfg.get(key, defaults[key]), defaults[key]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if key in STATED_ALWAYS or values != (list(default) if isinstance(default, (list, tuple)) else [default]):
+            flags += f" --{key.replace('_', '-')} " + " ".join(str(v) for v in values)
+    return flags
 
 
 def _stage_lines(training: dict, hardware: str) -> list[str]:
@@ -80,7 +99,7 @@ def _stage_lines(training: dict, hardware: str) -> list[str]:
             f"- {'stage ' + str(number) + ', ' if len(stages) > 1 else ''}{start}: {stage['steps']} steps of batch "
             f"{cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images); AdamW lr {cfg['lr']}, "
             f"{cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_ratio']}×, gradient clip {cfg['grad_clip']}, "
-            f"EMA {cfg['ema_decay']}; wall time {stage['wall_seconds'] / 3600:.2f} h ({stage['torch_threads']} torch threads, "
+            f"EMA {cfg['ema_decay']}, null label for {cfg['uncond_prob']:.0%} of examples; wall time {stage['wall_seconds'] / 3600:.2f} h ({stage['torch_threads']} torch threads, "
             f"device {stage['device']}); final training loss (running mean) {stage['final_loss_ema']:.4f}")
     cfg = training["train_config"]
     lines.append(f"- noise: DDPMScheduler, {cfg['num_train_timesteps']} steps, {cfg['beta_schedule']} β; seed {cfg['seed']}; "

@@ -109,6 +109,17 @@ def test_feature_shapes_for_another_input_size(feature_unet):
     assert feature_unet.feature_shapes(32, 32) == {name: tuple(f.shape[1:]) for name, f in features.items()}
 
 
+def test_feature_shapes_compute_nothing_on_the_model_s_own_weights(feature_unet, captured, monkeypatch):
+    """Asking for shapes must not run the real network (in the app that would be real work on a web thread)."""
+    fresh = type(feature_unet).from_config(feature_unet.config)
+
+    def no_real_forward(*args, **kwargs):
+        raise AssertionError("feature_shapes ran the model itself")
+
+    monkeypatch.setattr(fresh, "forward", no_real_forward)
+    assert fresh.feature_shapes() == {name: tuple(f.shape[1:]) for name, f in captured.features.items()}
+
+
 def test_attention_sites_are_the_attention_module_paths(feature_unet):
     down, up, layers = FEATURE_UNET["down_block_types"], FEATURE_UNET["up_block_types"], FEATURE_UNET["layers_per_block"]
     expected = (

@@ -111,7 +111,7 @@ def test_stop_after_is_a_command_line_option():
 def test_a_run_started_from_shipped_weights_records_their_training_and_its_card_tells_both_stages(trained, train_data, tmp_path):
     from playground.card import render_card
 
-    continued = train(tiny_config(train_data, tmp_path, epochs=1, init_from=str(trained), lr=5e-4))
+    continued = train(tiny_config(train_data, tmp_path, epochs=1, init_from=str(trained), lr=5e-4, uncond_prob=0.4))
     record = json.loads((continued / "training.json").read_text())
     first_stage = json.loads((trained / "training.json").read_text())
     assert first_stage.pop("earlier_stages") == []
@@ -123,3 +123,7 @@ def test_a_run_started_from_shipped_weights_records_their_training_and_its_card_
     assert "stage 2, from the previous stage's EMA weights" in card
     assert f"in all: {2 * first_stage['epochs_done']:.2f} epochs" in card
     assert "--checkpoint-dir checkpoints/out-stage2" in card  # stage 2 must not resume stage 1's checkpoints
+    stage_1, stage_2 = (line for line in card.splitlines() if line.startswith("- stage") and "python -m playground.train" in line)
+    assert "--uncond-prob" not in stage_1 and "--uncond-prob 0.4" in stage_2  # a changed setting is stated
+    assert "null label for 15% of examples" in card and "null label for 40% of examples" in card
+    assert parse_args(stage_2.split("`")[1].split()[3:]).uncond_prob == 0.4  # the command parses back
