@@ -19,7 +19,8 @@ import torch
 torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from more threads
 
 from helpers import MNIST_SLICE, THREE_LEVEL_UNET, TINY_UNET, build_unet, make_input
-from playground import PlaygroundUNet
+from playground import PlaygroundUNet, load_pipeline
+from tiny_weights import make_tiny_weights
 
 
 @pytest.fixture
@@ -47,3 +48,14 @@ def timesteps() -> torch.Tensor:
 @pytest.fixture
 def mnist_slice() -> Path:
     return MNIST_SLICE
+
+
+# A tiny pipeline folder (unet + scheduler, class-conditional), written once per test module.
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def model(weights):
+    return load_pipeline(weights / "tiny")

@@ -50,14 +50,19 @@ def image_source(page, elem_id):
     return page.locator(f"#{elem_id} img").first.get_attribute("src")
 
 
+def open_browser(playwright):
+    """Debian's chromium, headless, and one tall page (the whole app without scrolling)."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking"])
+    return browser, browser.new_page(viewport={"width": 1400, "height": 1800})
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        browser, page = open_browser(p)
         page.goto(server, wait_until="domcontentloaded")
         expect(page.locator("#skip-0")).to_be_visible(timeout=30_000)  # panel built from the model's introspection
 
@@ -103,9 +108,7 @@ def test_lesson_window_lie_freeu_hspace_sweep_decision_export_and_query_setup_in
 
     # the waits are generous because this machine is shared with training runs; they cost nothing when it is idle
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        browser, page = open_browser(p)
 
         # ?lesson=skips opens the app in that lesson: its explanation, every skip at 0, and a finished run
         page.goto(server + "?lesson=skips", wait_until="domcontentloaded")

@@ -13,27 +13,16 @@ from matplotlib.figure import Figure
 from safetensors.torch import load as load_safetensors
 
 from playground import (LESSONS, Ablation, HSpaceEdit, PlaygroundSetup, PlaygroundUNet, SampleSettings, TimestepLie,
-                        Window, freeu_preset, load_pipeline, sample)
+                        Window, freeu_preset, sample)
 from playground.ablation import parse_ablation_specs
 from playground.classifier import load_classifier
 from playground.explore import (BOTTLENECK, class_probability_figure, decided_steps, decision_figure, digit_decision,
                                 export_safetensors, hspace_probe, sliding_windows, sweep_figure, trajectory_metadata,
                                 trajectory_tensors, window_sweep)
 from playground.sampling import make_scheduler
-from tiny_weights import make_tiny_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIPS_OFF = Ablation(skip_scale={28: 0.0, 14: 0.0})
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
-
-
-@pytest.fixture(scope="module")
-def model(weights):
-    return load_pipeline(weights / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,8 @@ from playground import Ablation, SampleSettings, compare, features_at, load_pipe
 from playground.sampling import sample  # not `from playground`: importing the CLI module playground.sample shadows that name
 from playground.evaluate import eps_mse_per_timestep, frechet_distance, radial_spectrum, sample_quality
 from playground.classifier import load_classifier
-from tiny_weights import make_tiny_weights
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
-
-
-@pytest.fixture(scope="module")
-def model(weights):
-    return load_pipeline(weights / "tiny")
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
