@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
+from gradio import processing_utils
 import torch
 
 from playground import Ablation, SampleSettings, feature_group, features_at
@@ -97,6 +98,30 @@ HSPACE_HELP = f"""PCA of the bottleneck (h-space) over {PROBE_SAMPLES} unconditi
 then cached); the chosen component, times its standard deviation × strength, is added to B's bottleneck inside the window."""
 
 log = logging.getLogger("playground.app")
+
+
+def _cache_image_atomically(image, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """gradio.processing_utils.save_pil_to_cache, published by rename instead of rewritten in place.
+
+    Gradio 6.31 names a returned picture by its content hash and writes it with a truncating write_bytes: two
+    visitors shown the same picture at once (the same seed and block) could each fetch the file while the other
+    rewrote it, and get an empty image. A file is written here once, beside its final name, and renamed into place.
+    """
+    data = processing_utils.encode_pil_to_bytes(image, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    path = folder / f"{name}.{format}"
+    if path.exists():
+        os.utime(path)  # delete_cache ages files by ctime: a picture handed out again must live as long again
+    else:
+        handle, staging = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
+        with os.fdopen(handle, "wb") as staged:
+            staged.write(data)
+        os.replace(staging, path)
+    return str(path.resolve())
+
+
+processing_utils.save_pil_to_cache = _cache_image_atomically
 
 # Every network runs on this one thread. PyTorch's OpenMP workers belong to the thread that calls into them: once
 # a second thread (Gradio runs each event on one of its worker threads) has its own team, libgomp counts more

@@ -456,3 +456,35 @@ def test_the_setup_json_gives_the_clis_the_same_b_bit_for_bit(registry):
     model = registry.get("tiny")
     setup = PlaygroundSetup.from_json(app.current_setup(registry, state))
     assert torch.equal(sample(model, setup.sample_settings(model)).final, state["b"].final)
+
+
+def test_a_picture_two_sessions_are_shown_at_once_is_never_served_half_written():
+    """Gradio names a returned picture by its content hash: a rewrite of the file must never be visible."""
+    from PIL import Image
+
+    image_output = gr.Image(type="pil", format=app.LOSSLESS)
+    picture = Image.fromarray(torch.randint(0, 256, (280, 280, 3), generator=torch.Generator().manual_seed(0),
+                                            dtype=torch.uint8).numpy())
+    path = image_output.postprocess(picture).path
+    writes_done = threading.Event()
+    broken_reads, reads, paths_served = [], 0, set()
+
+    def show_again():
+        try:
+            for _ in range(300):
+                paths_served.add(image_output.postprocess(picture).path)
+        finally:
+            writes_done.set()
+
+    writer = threading.Thread(target=show_again)
+    writer.start()
+    while not writes_done.is_set():
+        try:
+            with Image.open(path) as served:
+                served.load()
+        except Exception as error:  # PIL raises several kinds for an empty or truncated file
+            broken_reads.append(error)
+        reads += 1
+    writer.join()
+    assert paths_served == {path}
+    assert reads > 10 and not broken_reads, f"{len(broken_reads)} of {reads} reads broken: {broken_reads[:1]}"
