@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -38,7 +39,7 @@ from playground.sampling import MAX_STEPS, SAMPLERS, TimestepLie, Window
 from playground.setup import LESSONS, HSpaceRecipe, PlaygroundSetup
 from playground.viz import (
     DIVERGING, RANGE_MODES, SEQUENTIAL, channel_grid, colour_bar, curves_figure, image_grid, mean_abs_map, pca_rgb,
-    save_gif, signed_grid, signed_range, trajectory_frames,
+    save_gif, signed_grid, signed_range, spectra_figure, trajectory_frames,
 )
 
 MAX_BATCH = 16
@@ -587,16 +588,13 @@ def compute_numbers(registry, state, step, progress=gr.Progress()):
          f"B: {state['model_b']}, {_describe(state['ablation_b'])}": (list(curve_b), list(curve_b.values()))},
         "Denoising error per timestep (lower is better)", "timestep t (0 = clean, 999 = pure noise)", "mean (ε̂ − ε)²", logy=True,
     )
-    curves = {}
+    panels = {}
     for label, key in (("A", "a"), ("B", "b")):
         spectra = skip_backbone_spectra(features_at(registry.get(state[f"model_{key}"]), state[key], step, 0))
-        for join, s in spectra.items():
-            if join.endswith("resnets.0"):  # one join per resolution keeps the plot readable
-                # bin 0 (the mean) is removed before the transform, so the curves start at the first frequency
-                curves[f"{label} skip {s['resolution']}px"] = (s["frequencies"][1:], s["skip"][1:])
-                curves[f"{label} backbone {s['resolution']}px"] = (s["frequencies"][1:], s["backbone"][1:])
-    spectrum_figure = curves_figure(curves, f"Radially averaged power of skip vs backbone features (sample 0, step {step + 1})",
-                                    "spatial frequency (cycles per pixel of that map)", "share of power", logy=True)
+        title = f"A: {state['model_a']}, intact" if key == "a" else f"B: {state['model_b']}, {_describe(state['ablation_b'])}"
+        # one join per resolution (the first of each decoder stage) keeps the plot readable
+        panels[textwrap.shorten(title, 60, placeholder=" …")] = [s for join, s in spectra.items() if join.endswith("resnets.0")]
+    spectrum_figure = spectra_figure(panels, f"Radially averaged power of skip vs backbone features (sample 0, step {step + 1})")
     return eps_figure, spectrum_figure
 
 

@@ -184,6 +184,13 @@ def _short_power_of_ten(value, _position=None) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+def _log_y(ax) -> None:
+    ax.set_yscale("log")
+    # plain "0.01" tick labels: the default 10⁻² ones go through mathtext, ~30 ms of every redraw
+    ax.yaxis.set_major_formatter(FuncFormatter(_short_power_of_ten))
+    ax.yaxis.set_minor_locator(NullLocator())  # unlabelled minor ticks cost ~20 ms of a redraw to lay out
+
+
 def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str, logy: bool = False, invert_x: bool = False):
     """One line per label: curves[label] = (x values, y values). Returns a matplotlib Figure."""
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
@@ -194,10 +201,7 @@ def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy and any((_as_numpy(y) > 0).any() for _, y in curves.values()):  # all-zero curves (A == B) stay linear
-        ax.set_yscale("log")
-        # plain "0.01" tick labels: the default 10⁻² ones go through mathtext, ~30 ms of every redraw
-        ax.yaxis.set_major_formatter(FuncFormatter(_short_power_of_ten))
-        ax.yaxis.set_minor_locator(NullLocator())  # unlabelled minor ticks cost ~20 ms of a redraw to lay out
+        _log_y(ax)
     if invert_x:
         ax.invert_xaxis()
     ax.grid(alpha=0.3)
@@ -205,4 +209,36 @@ def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str
         ax.legend(fontsize=8)
     # fixed margins, room for the labels at this size: tight_layout measured every text first, another ~30 ms
     fig.subplots_adjust(left=0.14, right=0.98, top=0.92, bottom=0.15)
+    return fig
+
+
+def spectra_figure(panels: dict[str, list[dict]], title: str):
+    """Skip vs backbone power spectra, one panel per network, sharing the y axis.
+
+    panels[panel title] = spectra of decoder joins, as `evaluate.skip_backbone_spectra` gives them (one per
+    resolution reads best). Colour = the join's resolution, solid = the skip, dashed = the backbone.
+    """
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(7.5, 3.8), dpi=100, sharey=True, squeeze=False)
+    resolutions = sorted({spectrum["resolution"] for spectra in panels.values() for spectrum in spectra}, reverse=True)
+    colours = {resolution: f"C{i}" for i, resolution in enumerate(resolutions)}
+    positive = False
+    for ax, (panel_title, spectra) in zip(axes[0], panels.items()):
+        for spectrum in spectra:
+            r = spectrum["resolution"]
+            # bin 0 (the mean) is removed before the transform, so the curves start at the first frequency
+            for part, style in (("skip", "-"), ("backbone", "--")):
+                values = _as_numpy(spectrum[part][1:])
+                positive |= bool((values > 0).any())
+                ax.plot(spectrum["frequencies"][1:], values, style, color=colours[r], linewidth=1.5, label=f"{part} {r}×{r}")
+        ax.set_title(panel_title, fontsize=9, y=1.0)
+        ax.set_xlabel("spatial frequency (cycles per pixel of that map)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of power")
+    if positive:
+        _log_y(axes[0][0])  # shared: the other panels follow
+    fig.suptitle(title, fontsize=10, y=0.98)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(resolutions), fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.84, bottom=0.26, wspace=0.08)
     return fig

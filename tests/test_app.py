@@ -7,6 +7,7 @@ import threading
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from gradio_client import Client  # noqa: E402
@@ -170,6 +171,22 @@ def test_numbers_give_two_labelled_figures(registry):
     eps_figure, spectrum_figure = app.compute_numbers(registry, state, 1, progress=NoProgress())
     assert eps_figure.axes[0].get_xlabel().startswith("timestep") and len(eps_figure.axes[0].lines) == 2
     assert spectrum_figure.axes[0].get_ylabel() == "share of power"
+
+
+def test_the_spectra_show_a_and_b_in_panels_of_their_own_and_a_skip_switched_off_has_no_power(registry):
+    top = registry.get("tiny").unet.skip_resolutions[0]
+    state, *_ = run_generate(registry, skips=(0, 1))
+    _, spectrum_figure = app.compute_numbers(registry, state, 1, progress=NoProgress())
+    panel_a, panel_b = spectrum_figure.axes
+    assert panel_a.get_title() == "A: tiny, intact" and panel_b.get_title().startswith(f"B: tiny, skips at {top}×{top} × 0")
+
+    def power(panel, label):
+        (line,) = [line for line in panel.lines if line.get_label() == label]
+        values = line.get_ydata()
+        return values[np.isfinite(values)]
+
+    assert (power(panel_a, f"skip {top}×{top}") > 0).all() and (power(panel_b, f"backbone {top}×{top}") > 0).all()
+    assert not (power(panel_b, f"skip {top}×{top}") > 0).any()
 
 
 def test_gif_export_writes_a_gif_of_every_step(registry):
