@@ -237,8 +237,11 @@ def spectra_figure(panels: dict[str, list[dict]], title: str):
     if positive:
         _log_y(axes[0][0])  # shared: the other panels follow
     fig.suptitle(title, fontsize=10, y=0.98)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=len(resolutions), fontsize=8, frameon=False)
+    legend = {}  # every panel's entries: two models may not share every resolution
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(resolutions), fontsize=8, frameon=False)
     fig.subplots_adjust(left=0.1, right=0.98, top=0.84, bottom=0.26, wspace=0.08)
     return fig
