@@ -81,11 +81,14 @@ def _setting_flags(cfg: dict) -> str:
     defaults = asdict(TrainConfig(data_dir="", out=""))
     flags = ""
     for key in STATED_ALWAYS + STATED_IF_CHANGED:
-        value, default = cfg.get(key, defaults[key]), defaults[key]
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if key in STATED_ALWAYS or values != (list(default) if isinstance(default, (list, tuple)) else [default]):
+        values = _as_list(cfg.get(key, defaults[key]))  # JSON gives lists where the config has tuples
+        if key in STATED_ALWAYS or values != _as_list(defaults[key]):
             flags += f" --{key.replace('_', '-')} " + " ".join(str(v) for v in values)
     return flags
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _stage_lines(training: dict, hardware: str) -> list[str]:
