@@ -29,7 +29,7 @@ def main():
 
     model = load_pipeline(ROOT / "weights" / "mnist")
     _, theirs = flagship_pair()
-    theirs.to(memory_format=torch.channels_last)  # load_pipeline's layout for ours: the ratio is the loop's, not the layout's
+    theirs.to(memory_format=torch.channels_last)  # the layout ours holds: the ratio is the loop's, not the layout's
     settings = SampleSettings(sampler="ddim", steps=args.steps, seed=0, batch=args.batch, label=None)
     null = torch.full((args.batch,), model.null_label)
 

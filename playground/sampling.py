@@ -74,10 +74,6 @@ def load_pipeline(path: str | Path, name: str | None = None) -> DiffusionModel:
     _check_scheduler_config(scheduler_file, scheduler_config)
     unet = PlaygroundUNet.from_pretrained(path, subfolder="unet", use_safetensors=True).eval()
     unet.requires_grad_(False)
-    # Channels-last convolution weights make oneDNN keep every activation channels-last, with no layout reorders
-    # around each convolution: on 2 CPU cores the flagship's forward takes 15 % less time at batch 1 and 9 % less
-    # at batch 2 (a guided step), the same at 16 (benchmarks/forward.py). Values are unchanged up to rounding.
-    unet.to(memory_format=torch.channels_last)
     return DiffusionModel(name=name or path.name, unet=unet, scheduler_config=scheduler_config)
 
 

@@ -188,6 +188,24 @@ def test_a_folder_saved_by_playgroundunet_loads_into_unet2dmodel(tmp_path):
         assert relative_max_error(reference(*args, **kwargs).sample, ours(*args, **kwargs).sample) < 1e-4
 
 
+def _channels_last_convolutions(model) -> bool:
+    convolutions = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1]
+    return bool(convolutions) and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+
+
+def test_convolutions_are_channels_last_however_the_model_is_made_and_saved_files_are_standard(tmp_path):
+    config = {**TINY_UNET, "num_class_embeds": 4}
+    built = randomize(PlaygroundUNet(**config), seed=6)
+    assert _channels_last_convolutions(built)
+    assert all(tensor.is_contiguous() for tensor in built.state_dict().values())  # what safetensors requires
+    assert all(isinstance(p, torch.nn.Parameter) for p in built.state_dict(keep_vars=True).values())
+    built.save_pretrained(tmp_path)
+    loaded = PlaygroundUNet.from_pretrained(tmp_path)  # diffusers fills weights in after __init__, in the file's layout
+    assert _channels_last_convolutions(loaded)
+    assert _channels_last_convolutions(PlaygroundUNet.from_config(built.config))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), built.state_dict().values()))
+
+
 def test_a_ddpm_cifar10_sized_model_matches_unet2dmodel():
     torch.manual_seed(0)
     reference = randomize(UNet2DModel(**DDPM_CIFAR10_CONFIG), seed=6, scale=0.02)
