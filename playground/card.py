@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import string
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -40,7 +41,7 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
     parameters = _count_parameters(folder)
     trained_without = unet.get("training_ablation") or {}
     intact = not any(trained_without.get(k) for k in ("skip_scale", "attention_off", "time_embedding_off"))
-    cfg = training["train_config"]
+    stages = training_stages(training)
     lines = [
         f"# {folder.name}", "",
         f"A class-conditional DDPM ε-predictor for 28×28 MNIST digits, `PlaygroundUNet` "
@@ -54,27 +55,67 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
         f"embedding + MLP, class embedding of {unet['num_class_embeds']} labels (0–9 digits, 10 = no digit) added to it",
         "", "## Training",
         "- data: MNIST train (60,000 images, [-1, 1]); each label is replaced by the null label with the stage's probability",
-        *_stage_lines(training, hardware),
+        *_stage_lines(stages, hardware),
         "", "## Compatibility", WHAT_DIFFUSERS_DOES[intact],
     ]
     if evaluation:
         lines += ["", "## Measured", _metrics_table(evaluation)]
-    lines += ["", "## Reproduce", *_reproduce_lines(folder.name, training.get("earlier_stages", []) + [training]),
-              f"- measure: `python -m playground.evaluate --model weights/{folder.name} --json --baseline`", ""]
+    lines += ["", "## Reproduce", *_reproduce_lines(folder.name, stages),
+              f"- measure: `python -m playground.evaluate --model weights/{folder.name} --json --baseline{_evaluation_flags(evaluation)}`", ""]
     return "\n".join(lines)
+
+
+def _evaluation_flags(evaluation: dict | None) -> str:
+    """The evaluate options behind the figures beyond its defaults, so the measure command gives them all."""
+    evaluation = evaluation or {}
+    flags = f" --guidance {evaluation['guidance']}" if "guidance" in evaluation else ""
+    if evaluation.get("digit_accuracy_by_guidance"):
+        flags += " --guidance-sweep " + " ".join(evaluation["digit_accuracy_by_guidance"])
+    if "confident_over_draws" in evaluation:
+        flags += f" --draws {len(evaluation['confident_over_draws']['seeds'])}"
+    return flags
+
+
+def training_stages(record: dict) -> list[dict]:
+    """The stages that made a weights folder, oldest first, from its `training.json`.
+
+    A stage is a trainer's record, or a soup (`playground.soup`): {"branches": [...]}, one list of stages per
+    ingredient, each continuing from the stages all the ingredients share (empty for those shared weights themselves).
+    """
+    if "soup_of" in record:
+        histories = [training_stages(ingredient) for ingredient in record["soup_of"]]
+        shared = 0
+        while all(len(h) > shared for h in histories) and all(h[shared] == histories[0][shared] for h in histories):
+            shared += 1
+        return histories[0][:shared] + [{"branches": [h[shared:] for h in histories]}]
+    earlier = [stage for earlier_record in record.get("earlier_stages", []) for stage in training_stages(earlier_record)]
+    return earlier + [{key: value for key, value in record.items() if key != "earlier_stages"}]
 
 
 def _reproduce_lines(name: str, stages: list[dict]) -> list[str]:
     lines = []
     for number, stage in enumerate(stages, 1):
-        cfg = stage["train_config"]
-        flags = "".join(f" --ablation {spec}" for spec in cfg.get("ablation") or [])
-        if number > 1:  # its own checkpoints, or --resume would pick up the previous stage's
-            flags += f" --init-from weights/{name} --checkpoint-dir checkpoints/{name}-stage{number}"
-        flags += _setting_flags(cfg)
-        lines.append(f"- {'stage ' + str(number) + ': ' if len(stages) > 1 else ''}`python -m playground.train --data-dir "
-                     f"../shared/data/mnist --out weights/{name}{flags}`")
+        label = f"stage {number}: " if len(stages) > 1 else ""
+        if "branches" not in stage:
+            # its own checkpoints, or --resume would pick up the previous stage's
+            start = f" --init-from weights/{name} --checkpoint-dir checkpoints/{name}-stage{number}" if number > 1 else ""
+            lines.append(f"- {label}{_train_command(f'weights/{name}', start, stage)}")
+            continue
+        ingredients = []
+        for letter, branch in zip(string.ascii_lowercase, stage["branches"]):
+            out = f"runs/{name}-stage{number}{letter}"
+            ingredients.append(out if branch else f"weights/{name}")
+            for step, branch_stage in enumerate(branch, 1):
+                start = f" --init-from {f'weights/{name}' if step == 1 else out} --checkpoint-dir checkpoints/{name}-stage{number}{letter}{step}"
+                lines.append(f"- {label}ingredient {letter}: {_train_command(out, start, branch_stage)}")
+        lines.append(f"- {label}the soup: `python -m playground.soup --out weights/{name} {' '.join(ingredients)}`")
     return lines
+
+
+def _train_command(out: str, start: str, stage: dict) -> str:
+    cfg = stage["train_config"]
+    ablation = "".join(f" --ablation {spec}" for spec in cfg.get("ablation") or [])
+    return f"`python -m playground.train --data-dir ../shared/data/mnist --out {out}{ablation}{start}{_setting_flags(cfg)}`"
 
 
 def _setting_flags(cfg: dict) -> str:
@@ -91,28 +132,44 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _stage_lines(training: dict, hardware: str) -> list[str]:
-    """One bullet per training stage (a run started from earlier weights continues their story), then totals."""
-    stages = training.get("earlier_stages", []) + [training]
+def _stage_lines(stages: list[dict], hardware: str) -> list[str]:
+    """One bullet per stage (a run started from earlier weights continues their story), then totals."""
     lines = []
     for number, stage in enumerate(stages, 1):
-        cfg = stage["train_config"]
-        start = "from the previous stage's EMA weights" if number > 1 else "from random initialisation"
-        lines.append(
-            f"- {'stage ' + str(number) + ', ' if len(stages) > 1 else ''}{start}: {stage['steps']} steps of batch "
-            f"{cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images); AdamW lr {cfg['lr']}, "
-            f"{cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_ratio']}×, gradient clip {cfg['grad_clip']}, "
-            f"EMA {cfg['ema_decay']}, null label for {cfg['uncond_prob']:.0%} of examples; wall time {stage['wall_seconds'] / 3600:.2f} h ({stage['torch_threads']} torch threads, "
-            f"device {stage['device']}); final training loss (running mean) {stage['final_loss_ema']:.4f}")
-    cfg = training["train_config"]
-    lines.append(f"- noise: DDPMScheduler, {cfg['num_train_timesteps']} steps, {cfg['beta_schedule']} β; seed {cfg['seed']}; "
+        label = f"stage {number}, " if len(stages) > 1 else ""
+        if "branches" not in stage:
+            start = "from the previous stage's EMA weights" if number > 1 else "from random initialisation"
+            lines.append(f"- {label}{start}: {_run_summary(stage)}")
+            continue
+        lines.append(f"- {label}a model soup (`playground.soup`): the uniform average of the EMA weights of "
+                     f"{len(stage['branches'])} models, each from stage {number - 1}'s:")
+        for letter, branch in zip(string.ascii_lowercase, stage["branches"]):
+            runs = "; then ".join(_run_summary(branch_stage) for branch_stage in branch)
+            lines.append(f"  - {letter}: {f'trained further, {runs}' if branch else f'stage {number - 1} itself'}")
+    last = _trained(stages)[-1]["train_config"]
+    lines.append(f"- noise: DDPMScheduler, {last['num_train_timesteps']} steps, {last['beta_schedule']} β; "
                  "the EMA weights are shipped")
     if len(stages) > 1:
-        lines.append(f"- in all: {sum(s['epochs_done'] for s in stages):.2f} epochs, "
-                     f"{sum(s['wall_seconds'] for s in stages) / 3600:.2f} h on {hardware}")
+        runs = _trained(stages)
+        lines.append(f"- in all: {sum(s['epochs_done'] for s in runs):.2f} epochs, "
+                     f"{sum(s['wall_seconds'] for s in runs) / 3600:.2f} h on {hardware}")
     else:
         lines.append(f"- hardware: {hardware}")
     return lines
+
+
+def _run_summary(stage: dict) -> str:
+    cfg = stage["train_config"]
+    return (f"{stage['steps']} steps of batch {cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images); "
+            f"AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_ratio']}×, gradient clip "
+            f"{cfg['grad_clip']}, EMA {cfg['ema_decay']}, null label for {cfg['uncond_prob']:.0%} of examples, seed {cfg['seed']}; "
+            f"wall time {stage['wall_seconds'] / 3600:.2f} h ({stage['torch_threads']} torch threads, device {stage['device']}); "
+            f"final training loss (running mean) {stage['final_loss_ema']:.4f}")
+
+
+def _trained(stages: list[dict]) -> list[dict]:
+    """Every training run behind the stages, soup branches included."""
+    return [run for stage in stages for run in ([stage] if "branches" not in stage else sum(stage["branches"], []))]
 
 
 def _metrics_table(e: dict) -> str:
@@ -124,6 +181,13 @@ def _metrics_table(e: dict) -> str:
     rows = [
         "| | this model | real MNIST test digits |", "|---|---|---|",
         f"| unconditional samples confident > 0.9 (DDIM {e['steps']}, {e['num']} samples) | {e['confident']:.3f} | {of_real('confident', 3)} |",
+    ]
+    if "confident_over_draws" in e:
+        draws = e["confident_over_draws"]
+        rows.append(f"| the same, mean ± standard error of {len(draws['seeds'])} draws of {e['num']} (seeds "
+                    f"{draws['seeds'][0]}–{draws['seeds'][-1]}; each: {', '.join(f'{c:.3f}' for c in draws['confident'])}) | "
+                    f"**{draws['mean']:.3f} ± {draws['standard_error']:.3f}** | – |")
+    rows += [
         f"| class-histogram entropy / log 10 | {e['class_entropy']:.3f} | {of_real('class_entropy', 3)} |",
         f"| Fréchet distance in classifier features | {e['fd']:.2f} | {of_real('fd', 2)} (two disjoint real sets) |",
     ]

@@ -118,21 +118,27 @@ def earlier_training_stages(init_from: str | None) -> list[dict]:
 
 def export_pipeline(model: PlaygroundUNet, ema: EMAModel, scheduler: DDPMScheduler, out: Path, card: dict) -> None:
     """Write the EMA weights as a diffusers DDPMPipeline folder (what `weights/<name>/` holds)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     ema_model = PlaygroundUNet.from_config(model.config)
     ema.copy_to(ema_model.parameters())
-    ema_model.save_pretrained(tmp / "unet", safe_serialization=True)
+    write_pipeline_folder(out, ema_model, scheduler, card)
+
+
+def write_pipeline_folder(out: Path, unet: PlaygroundUNet, scheduler: DDPMScheduler, record: dict) -> Path:
+    """A DDPMPipeline folder: unet/, scheduler/, model_index.json and the training record; replaces `out` whole."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp / "unet", safe_serialization=True)
     scheduler.save_pretrained(tmp / "scheduler")
     (tmp / "model_index.json").write_text(
         json.dumps({"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
                     "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=2) + "\n"
     )
-    (tmp / "training.json").write_text(json.dumps(card, indent=2) + "\n")
+    (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     if (out / "README.md").exists():
-        shutil.copy(out / "README.md", tmp / "README.md")  # keep the model card written by hand
+        shutil.copy(out / "README.md", tmp / "README.md")  # keep the model card
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    return out
 
 
 def _diffusers_version() -> str:

@@ -153,3 +153,25 @@ def test_evaluate_cli_refuses_too_many_samples(weights, capsys):
     from playground.evaluate import main
     assert main(["--model", str(weights / "tiny"), "--num", "300", "--json"]) == 2
     assert "--num" in capsys.readouterr().err
+
+
+def test_confidence_over_draws_repeats_the_single_draw_measure_once_per_seed():
+    from playground.data import load_mnist
+    from playground.evaluate import confidence_over_draws, evaluate_model
+
+    flagship = load_pipeline(ROOT / "weights" / "mnist")
+    classifier = load_classifier(ROOT / "weights" / "classifier")
+    test_images, _ = load_mnist(ROOT / "playground" / "assets" / "mnist-heldout", "test")
+    draws = confidence_over_draws(flagship, classifier, [3, 4, 5], num=24, steps=8)
+    single = evaluate_model(flagship, classifier, test_images, num=24, steps=8, seed=4, eps_images=4, per_digit=1)
+    assert draws["seeds"] == [3, 4, 5] and draws["confident"][1] == single["confident"]
+    assert len(set(draws["confident"])) > 1  # independent draws: the shares differ
+    assert draws["mean"] == pytest.approx(sum(draws["confident"]) / 3)
+    spread = torch.tensor(draws["confident"], dtype=torch.float64).std().item()
+    assert draws["standard_error"] == pytest.approx(spread / 3 ** 0.5)
+
+
+def test_evaluate_cli_refuses_no_draws(weights, capsys):
+    from playground.evaluate import main
+    assert main(["--model", str(weights / "tiny"), "--draws", "0", "--json"]) == 2
+    assert "--draws" in capsys.readouterr().err

@@ -127,3 +127,87 @@ def test_a_run_started_from_shipped_weights_records_their_training_and_its_card_
     assert "--uncond-prob" not in stage_1 and "--uncond-prob 0.4" in stage_2  # a changed setting is stated
     assert "null label for 15% of examples" in card and "null label for 40% of examples" in card
     assert parse_args(stage_2.split("`")[1].split()[3:]).uncond_prob == 0.4  # the command parses back
+
+
+@pytest.fixture(scope="module")
+def branch(trained, train_data, tmp_path_factory):
+    """A fine-tune of `trained`: a soup's other ingredient."""
+    return train(tiny_config(train_data, tmp_path_factory.mktemp("branch"), epochs=1, init_from=str(trained), seed=1, uncond_prob=0.5))
+
+
+def test_a_soup_is_the_mean_of_its_ingredients_and_loads_in_both_libraries(trained, branch, tmp_path):
+    from playground.soup import make_soup
+
+    soup = make_soup([trained, branch], tmp_path / "soup")
+    weights = [load_file(folder / "unet" / "diffusion_pytorch_model.safetensors") for folder in (trained, branch, soup)]
+    assert weights[0].keys() == weights[2].keys()
+    assert all(torch.allclose(weights[2][name], (weights[0][name] + weights[1][name]) / 2, atol=1e-7) for name in weights[2])
+    assert any(not torch.equal(weights[2][name], weights[0][name]) for name in weights[2])
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([10, 900]), torch.tensor([3, 10])
+    with torch.no_grad():
+        ours = PlaygroundUNet.from_pretrained(soup, subfolder="unet")(x, t, y).sample
+        stock = UNet2DModel.from_pretrained(soup, subfolder="unet")(x, t, y).sample
+    assert torch.allclose(ours, stock, atol=1e-5)
+    assert (soup / "scheduler" / "scheduler_config.json").is_file() and not list(soup.rglob("*.bin"))
+
+
+def test_a_soup_card_tells_each_ingredient_and_how_to_make_them(trained, branch, tmp_path):
+    from playground.card import render_card
+    from playground.soup import make_soup
+
+    soup = make_soup([trained, branch], tmp_path / "mnist")
+    card = render_card(soup, None, "a test machine")
+    assert "stage 1, from random initialisation" in card
+    assert "stage 2, a model soup (`playground.soup`): the uniform average of the EMA weights of 2 models" in card
+    assert "  - a: stage 1 itself" in card and "  - b: trained further" in card and "null label for 50% of examples, seed 1" in card
+    ingredient_b = next(line for line in card.splitlines() if line.startswith("- stage 2: ingredient b:"))
+    assert "--init-from weights/mnist" in ingredient_b and "--seed 1" in ingredient_b
+    assert parse_args(ingredient_b.split("`")[1].split()[3:]).out == "runs/mnist-stage2b"  # the command parses back
+    assert "- stage 2: the soup: `python -m playground.soup --out weights/mnist weights/mnist runs/mnist-stage2b`" in card
+    records = [json.loads((folder / "training.json").read_text()) for folder in (trained, branch)]
+    assert f"in all: {sum(r['epochs_done'] for r in records):.2f} epochs" in card
+
+
+def test_training_from_a_soup_continues_its_story(trained, branch, train_data, tmp_path):
+    from playground.card import render_card
+    from playground.soup import make_soup
+
+    soup = make_soup([trained, branch], tmp_path / "soup")
+    continued = train(tiny_config(train_data, tmp_path / "run", epochs=1, init_from=str(soup)))
+    card = render_card(continued, None, "a test machine")
+    assert "stage 2, a model soup" in card and "stage 3, from the previous stage's EMA weights" in card
+
+
+def test_a_soup_refuses_ingredients_of_different_architectures_naming_the_file(trained, train_data, tmp_path):
+    from playground.soup import main, make_soup
+
+    other = train(tiny_config(train_data, tmp_path / "other", epochs=1, block_out_channels=(8, 8)))
+    with pytest.raises(ValueError, match=r"ingredients: .*other.*unet/config.json differs .* one architecture"):
+        make_soup([trained, other], tmp_path / "soup")
+    with pytest.raises(ValueError, match="ingredients: a soup needs at least two"):
+        make_soup([trained], tmp_path / "soup")
+    assert main(["--out", str(tmp_path / "soup"), str(trained), str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "soup").exists()
+
+
+def test_a_soup_refuses_an_ingredient_without_its_training_record_or_schedule(trained, branch, tmp_path):
+    from playground.soup import make_soup
+
+    for missing in ("training.json", "scheduler/scheduler_config.json"):
+        broken = tmp_path / missing.replace("/", "-")
+        shutil.copytree(branch, broken)
+        (broken / missing).unlink()
+        with pytest.raises(ValueError, match=f"ingredients: .*{missing} is missing"):
+            make_soup([trained, broken], tmp_path / "soup")
+
+
+def test_a_card_gives_the_mean_and_standard_error_of_repeated_draws(trained):
+    from playground.card import render_card
+
+    evaluation = {"steps": 50, "num": 256, "confident": 0.797, "class_entropy": 0.99, "fd": 160.0, "eps_mse": {"10": 0.1},
+                  "confident_over_draws": {"seeds": [0, 1, 2], "confident": [0.797, 0.84, 0.809], "mean": 0.8153,
+                                           "standard_error": 0.0128}}
+    card = render_card(trained, evaluation, "a test machine")
+    row = next(line for line in card.splitlines() if "standard error of 3 draws" in line)
+    assert "seeds 0–2; each: 0.797, 0.840, 0.809" in row and "**0.815 ± 0.013**" in row
+    assert "--baseline --draws 3`" in card  # the measure command gives every figure
