@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,9 +209,9 @@ def confidence_over_draws(model: DiffusionModel, classifier: DigitClassifier, se
         samples = sample(model, SampleSettings(sampler=sampler, steps=steps, seed=seed, batch=num, label=None,
                                                ablation=ablation, **extras)).final
         shares.append(confident_share(classify(classifier, samples)[0].max(1).values))
-    mean = sum(shares) / len(shares)
-    spread = (sum((share - mean) ** 2 for share in shares) / (len(shares) - 1)) ** 0.5 if len(shares) > 1 else float("nan")
-    return {"seeds": list(seeds), "confident": shares, "mean": mean, "standard_error": spread / len(shares) ** 0.5}
+    spread = statistics.stdev(shares) if len(shares) > 1 else float("nan")
+    return {"seeds": list(seeds), "confident": shares, "mean": statistics.fmean(shares),
+            "standard_error": spread / len(shares) ** 0.5}
 
 
 def digit_accuracy(model: DiffusionModel, classifier: DigitClassifier, guidance: float, *, ablation: Ablation = Ablation(),
