@@ -529,7 +529,10 @@ def block_dropdown(registry, model_a):
 
 
 def view_features(registry, state, step, block, sample_index, range_mode):
-    """Channel grid, mean |activation| and PCA-RGB of one block at the slider's step, for A and B."""
+    """Channel grid, mean |activation| and PCA-RGB of one block at the slider's step, for A and B.
+
+    A network that has no such block (B as another model) or whose maps hold NaN shows no pictures, and its
+    caption says why: the other network's maps are still worth seeing."""
     state = _session(state)
     _choice(range_mode, "colour range", RANGE_MODES)
     a, b = state["a"], state["b"]
@@ -541,10 +544,13 @@ def view_features(registry, state, step, block, sample_index, range_mode):
     outputs, captions = [], []
     for label, trajectory, model_name in (("A", a, state["model_a"]), ("B", b, state["model_b"])):
         features = features_at(registry.get(model_name), trajectory, step, sample_index)
-        if block not in features:
-            raise ValueError(f"block {block!r} exists in A but not in B ({model_name}); pick a block both models have")
-        if not all(torch.isfinite(f).all() for f in features.values()):
-            raise FloatingPointError(f"network {label}'s feature maps at this step hold NaN or infinite values")
+        missing = (f"`{model_name}` has no block `{block}`" if block not in features else
+                   "its feature maps at this step hold NaN or infinite values"
+                   if not all(torch.isfinite(f).all() for f in features.values()) else None)
+        if missing:
+            outputs += [None, None, None]
+            captions.append(f"**{label}** · no maps to show: {missing}")
+            continue
         feature = features[block]
         global_max = max(signed_range(f) for f in features.values()) if range_mode == "global" else None
         grid, shown = channel_grid(feature, range_mode, global_max, size=300)
@@ -560,6 +566,14 @@ def view_features(registry, state, step, block, sample_index, range_mode):
         )
     legend = _feature_legend()
     return (*outputs, legend, "\n\n".join(captions))
+
+
+def features_after_run(registry, state, step, block, sample_index, range_mode):
+    """After every run (Generate, an ablation change, a setup): the open block's maps follow the new A and B,
+    so the panels never show a run that is no longer on screen. With no block open they are cleared."""
+    if not block:
+        return (None,) * 7 + ("Pick a block (above, or in the architecture strip) to see its feature maps.",)
+    return view_features(registry, state, step, block, sample_index, range_mode)
 
 
 @functools.lru_cache(maxsize=1)
@@ -1216,24 +1230,32 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
 
         generate_inputs = [model_a, model_b, digit, guidance, seed, sampler, steps, batch, *ablation_inputs, state]
         generate_outputs = [state, step, sample_index, *step_outputs, *number_outputs]
+        feature_inputs = [state, step, block, sample_index, range_mode]
+        feature_outputs = [*feature_images, legend, feature_caption]
         refresh = dict(fn=bound(refresh_setup), inputs=state, outputs=setup_box, api_name=False, show_progress="hidden")
-        generate_button.click(networked(generate), generate_inputs, generate_outputs, api_name="generate", **model_events
-                              ).success(**refresh)
+        follow = dict(fn=networked(features_after_run), inputs=feature_inputs, outputs=feature_outputs, api_name=False, **view_events)
+
+        def after_run(event):
+            """Whatever ran A or B: the setup box shows the run, the open block's feature maps follow it."""
+            event.success(**refresh)
+            event.success(**follow)
+
+        after_run(generate_button.click(networked(generate), generate_inputs, generate_outputs, api_name="generate", **model_events))
         for control in skip_sliders:
-            control.release(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
-                            [state, *step_outputs, *number_outputs], api_name="ablate" if control is skip_sliders[0] else False,
-                            **model_events).success(**refresh)
+            after_run(control.release(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
+                                      [state, *step_outputs, *number_outputs], api_name="ablate" if control is skip_sliders[0] else False,
+                                      **model_events))
         for control in (attention_off, time_off):
-            control.input(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
-                          [state, *step_outputs, *number_outputs], api_name=False, **model_events).success(**refresh)
+            after_run(control.input(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
+                                    [state, *step_outputs, *number_outputs], api_name=False, **model_events))
         option_inputs = [window_from, window_to, lie_mode, lie_value, *freeu_b, *freeu_s, h_on, probe_t, component, strength, h_from, h_to]
         for control in option_inputs:
             trigger = control.input if isinstance(control, (gr.Radio, gr.Checkbox)) else control.release
-            trigger(networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
-                    api_name="b_options" if control is window_from else False, **model_events).success(**refresh)
-        freeu_button.click(bound(freeu_preset_values), [model_a, model_b], [*freeu_b, *freeu_s], api_name="freeu_preset").success(
+            after_run(trigger(networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
+                              api_name="b_options" if control is window_from else False, **model_events))
+        after_run(freeu_button.click(bound(freeu_preset_values), [model_a, model_b], [*freeu_b, *freeu_s], api_name="freeu_preset").success(
             networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
-            api_name=False, **model_events).success(**refresh)
+            api_name=False, **model_events))
         sweep_button.click(networked(sweep_ablation), [state, sweep_windows], [sweep_plot, sweep_table], api_name="sweep", **model_events)
         decide_button.click(networked(digit_decides), [state, sample_index], [decision_plot, probability_a, probability_b, decision_table],
                             api_name="digit_decides", **model_events)
@@ -1242,18 +1264,16 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         then_generate = dict(fn=networked(generate_if_pending), inputs=generate_inputs, outputs=generate_outputs, api_name=False,
                              **model_events)
         def then_run(event):
-            """After a setup is applied: the block lists follow its model, then Generate runs it and the setup box shows it."""
-            (event.success(bound(block_dropdown), model_a, block, api_name=False)
-             .success(bound(architecture_strip), model_a, strip, api_name=False)
-             .success(**then_generate).success(**refresh))
+            """After a setup is applied: the block lists follow its model, then Generate runs it."""
+            after_run(event.success(bound(block_dropdown), model_a, block, api_name=False)
+                      .success(bound(architecture_strip), model_a, strip, api_name=False)
+                      .success(**then_generate))
 
         then_run(apply_button.click(bound(apply_setup), setup_box, setup_outputs, api_name="apply_setup"))
         then_run(lesson.input(bound(apply_lesson), [lesson, model_a], setup_outputs, api_name="lesson"))
         tensors_button.click(user_errors(export_tensors), [state, export_which], export_file, api_name="export_tensors", **view_events)
         frames_button.click(user_errors(export_frames), [state, export_which], export_file, api_name="export_frames", **view_events)
         step.change(user_errors(scrub), [state, step], step_outputs, api_name="scrub", **view_events)
-        feature_inputs = [state, step, block, sample_index, range_mode]
-        feature_outputs = [*feature_images, legend, feature_caption]
         for trigger in (step.release, block.input, sample_index.release, range_mode.input):
             trigger(networked(view_features), feature_inputs, feature_outputs,
                     api_name="features" if trigger == block.input else False, **view_events)
@@ -1274,12 +1294,12 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
 
         if default_a:
             # one chain, so a setup from the address is applied after the panels are built, not raced by them
-            demo.load(bound(ablation_panel), [model_a, model_b], panel_outputs, api_name=False).then(
+            after_run(demo.load(bound(ablation_panel), [model_a, model_b], panel_outputs, api_name=False).then(
                 bound(options_panel), [model_a, model_b], [*freeu_b, *freeu_s], api_name=False).then(
                 load_query, model_a, setup_outputs, api_name=False).success(
                 bound(block_lists_if_pending), [model_a, state], [block, strip], api_name=False).success(
                 # usually a no-op, but it queues behind other visitors' runs: no full-page spinners meanwhile
-                **then_generate, show_progress="minimal").success(**refresh)
+                **then_generate, show_progress="minimal"))
     return demo
 
 

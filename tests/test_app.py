@@ -14,9 +14,10 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
+from playground import PlaygroundUNet  # noqa: E402
 from playground.registry import ModelRegistry  # noqa: E402
 
-from tiny_weights import make_tiny_weights  # noqa: E402
+from tiny_weights import TINY_UNET, make_tiny_weights, write_pipeline  # noqa: E402
 
 SITE = "down_blocks.1.attentions.0"
 
@@ -157,6 +158,55 @@ def test_a_switched_off_attention_site_still_has_maps_to_compare(registry):
         *images, legend, caption = app.view_features(registry, state, 2, block, 0, "block")
         assert caption.count(f"`{block}`") == 2  # A and B
     assert "values in [0, 0]" in caption.split("**B**")[1]  # B's update: the site adds nothing
+
+
+def test_the_open_blocks_maps_follow_every_run_and_clear_without_one(registry):
+    """Found by hand: after an ablation change, B's panels kept showing the B of the run before."""
+    block, step = "mid_block.attentions.0", 4
+    state, *_ = run_generate(registry)
+    *before, _, caption_before = app.features_after_run(registry, state, step, block, 0, "block")
+    state, *_ = app.rerun_b(registry, "tiny", app.SAME_AS_A, 0, 0, 1, 1, 1, [], False, state, step, progress=NoProgress())
+    *after, _, caption_after = app.features_after_run(registry, state, step, block, 0, "block")
+    pixels = [[np.asarray(image) for image in images] for images in (before, after)]
+    assert all((old == new).all() for old, new in zip(pixels[0][:3], pixels[1][:3]))  # A is the same run
+    assert not all((old == new).all() for old, new in zip(pixels[0][3:], pixels[1][3:]))  # B is the new one
+    assert caption_before.split("**B**")[0] == caption_after.split("**B**")[0]
+    *cleared, caption = app.features_after_run(registry, state, step, None, 0, "block")
+    assert cleared == [None] * 7 and "Pick a block" in caption
+
+
+def test_maps_that_hold_nan_show_as_a_sentence_not_as_pictures(registry, monkeypatch):
+    state, *_ = run_generate(registry, skips=(0, 1))
+    real_features_at = app.features_at
+
+    def b_overflows(model, trajectory, *args):
+        features = real_features_at(model, trajectory, *args)
+        return {name: f * float("nan") for name, f in features.items()} if trajectory is state["b"] else features
+
+    monkeypatch.setattr(app, "features_at", b_overflows)
+    *images, legend, caption = app.view_features(registry, state, 2, "mid_block.attentions.0", 0, "block")
+    assert all(image.size[0] > 0 for image in images[:3]) and images[3:] == [None] * 3
+    assert "**B** · no maps to show: its feature maps at this step hold NaN" in caption
+
+
+@pytest.fixture(scope="module")
+def deeper_registry(tiny_weights, tmp_path_factory):
+    """tiny and a model with more blocks, so A has maps that B lacks."""
+    root = tmp_path_factory.mktemp("deeper")
+    write_pipeline(root / "tiny", PlaygroundUNet.from_pretrained(tiny_weights / "tiny", subfolder="unet"))
+    write_pipeline(root / "tiny-deeper", PlaygroundUNet(**{**TINY_UNET, "layers_per_block": 2}))
+    return ModelRegistry(root)
+
+
+def test_a_block_that_b_lacks_shows_as_a_only_and_says_why(deeper_registry):
+    state, *_ = app.generate(deeper_registry, "tiny-deeper", "tiny", app.DIGIT_CHOICES[1], 3, 0, "ddim", 4, 1,
+                             *[1] * app.MAX_SKIP_SLIDERS, [], False, None, progress=NoProgress())
+    block = "down_blocks.0.resnets.1"
+    assert block in deeper_registry.get("tiny-deeper").unet.feature_names
+    assert block not in deeper_registry.get("tiny").unet.feature_names
+    *images, legend, caption = app.view_features(deeper_registry, state, 2, block, 0, "block")
+    assert all(image.size[0] > 0 for image in images[:3]) and images[3:] == [None] * 3
+    assert f"`{block}`" in caption.split("**B**")[0] and f"`tiny` has no block `{block}`" in caption
 
 
 def test_block_choices_cover_every_captured_map_with_group_and_resolution(registry):

@@ -72,6 +72,8 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         caption = page.locator("#step-caption")
         expect(caption).to_contain_text("finished sample", timeout=60_000)
         final_x0 = image_source(page, "img-A-x0")
+        # the default block's maps follow the run: they show without touching the feature controls
+        expect(page.locator("#feature-caption")).to_contain_text("mid_block.attentions.0", timeout=15_000)
 
         # scrub: drag the step slider back towards the noise
         step = page.get_by_label("number input for Step (0 = pure noise, last = finished sample)")
@@ -80,14 +82,20 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         expect(caption).to_contain_text("step 2 of 8", timeout=15_000)
         assert image_source(page, "img-A-x0") != final_x0
 
-        # switch the skips joining at 28x28 off: B changes, A does not
+        page.locator("#arch-strip label", has_text="mid").click()  # the mid block's output, at step 2 (t = 750 of 8 DDIM steps)
+        expect(page.locator("#feature-caption")).to_contain_text(re.compile(r"mid_block.resnets.1 .*t = 750"), timeout=30_000)
+
+        # switch the skips joining at 28x28 off: B changes, A does not, and the open block's maps follow
         b_before, a_before = image_source(page, "img-B-x0"), image_source(page, "img-A-x0")
+        maps_b_before, maps_a_before = image_source(page, "feat-B-channels"), image_source(page, "feat-A-channels")
         skip = page.get_by_label("number input for skips joining at 28×28")
         skip.fill("0")
         skip.press("Tab")
         expect(page.locator("#numbers")).to_contain_text("skips at 28×28 × 0", timeout=30_000)
         assert image_source(page, "img-B-x0") != b_before
         assert image_source(page, "img-A-x0") == a_before
+        expect(page.locator("#feat-B-channels img").first).not_to_have_attribute("src", maps_b_before, timeout=30_000)
+        assert image_source(page, "feat-A-channels") == maps_a_before
 
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         browser.close()
