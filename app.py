@@ -571,8 +571,10 @@ def view_features(registry, state, step, block, sample_index, range_mode):
 def features_after_run(registry, state, step, block, sample_index, range_mode):
     """After every run (Generate, an ablation change, a setup): the open block's maps follow the new A and B,
     so the panels never show a run that is no longer on screen. With no block open they are cleared."""
+    if not (isinstance(state, dict) and "a" in state):
+        return tuple(gr.skip() for _ in range(FEATURE_OUTPUTS))  # a plain page load: no run to follow yet
     if not block:
-        return (None,) * 7 + ("Pick a block (above, or in the architecture strip) to see its feature maps.",)
+        return (None,) * (FEATURE_OUTPUTS - 1) + ("Pick a block (above, or in the architecture strip) to see its feature maps.",)
     return view_features(registry, state, step, block, sample_index, range_mode)
 
 
@@ -649,6 +651,7 @@ def _prune_gifs(now=None):
 
 OPTION_COUNT = 4 + 2 * MAX_SKIP_SLIDERS + 6  # window (2), lie (2), FreeU b and s per slider, h-space (6)
 STEP_OUTPUTS, NUMBER_OUTPUTS = 10, 2  # render_step's pictures and caption; render_numbers' plot and table
+FEATURE_OUTPUTS = 8  # view_features: three pictures each for A and B, the legend, the caption
 # every control a setup sets: the 8 run controls, skips, attention, time, B's options, the session and the lesson note
 SETUP_OUTPUTS = 8 + MAX_SKIP_SLIDERS + 2 + OPTION_COUNT + 2
 

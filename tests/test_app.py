@@ -173,6 +173,9 @@ def test_the_open_blocks_maps_follow_every_run_and_clear_without_one(registry):
     assert caption_before.split("**B**")[0] == caption_after.split("**B**")[0]
     *cleared, caption = app.features_after_run(registry, state, step, None, 0, "block")
     assert cleared == [None] * 7 and "Pick a block" in caption
+    # a plain page load follows its (empty) run too: nothing to draw, and no "Generate first" error
+    assert all(output == gr.skip() for output in app.features_after_run(registry, None, 0, block, 0, "block"))
+    assert len(app.features_after_run(registry, state, step, block, 0, "block")) == app.FEATURE_OUTPUTS
 
 
 def test_maps_that_hold_nan_show_as_a_sentence_not_as_pictures(registry, monkeypatch):

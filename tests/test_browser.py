@@ -74,6 +74,7 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         final_x0 = image_source(page, "img-A-x0")
         # the default block's maps follow the run: they show without touching the feature controls
         expect(page.locator("#feature-caption")).to_contain_text("mid_block.attentions.0", timeout=15_000)
+        assert page.locator(".toast-body").count() == 0  # the page load's follow-up had no run to show: no error
 
         # scrub: drag the step slider back towards the noise
         step = page.get_by_label("number input for Step (0 = pure noise, last = finished sample)")
