@@ -351,8 +351,12 @@ def _finite(trajectory, network):
     return trajectory
 
 
+def _has_run(state) -> bool:
+    return isinstance(state, dict) and "a" in state
+
+
 def _session(state):
-    if not isinstance(state, dict) or "a" not in state:
+    if not _has_run(state):
         raise ValueError("Generate first: there is no trajectory to look at yet.")
     return state
 
@@ -571,7 +575,7 @@ def view_features(registry, state, step, block, sample_index, range_mode):
 def features_after_run(registry, state, step, block, sample_index, range_mode):
     """After every run (Generate, an ablation change, a setup): the open block's maps follow the new A and B,
     so the panels never show a run that is no longer on screen. With no block open they are cleared."""
-    if not (isinstance(state, dict) and "a" in state):
+    if not _has_run(state):
         return tuple(gr.skip() for _ in range(FEATURE_OUTPUTS))  # a plain page load: no run to follow yet
     if not block:
         return (None,) * (FEATURE_OUTPUTS - 1) + ("Pick a block (above, or in the architecture strip) to see its feature maps.",)
@@ -748,7 +752,7 @@ def set_b_options(registry, model_a, model_b, *rest, progress=gr.Progress()):
     *values, state, step = rest
     b_model = _model_b(registry, model_a, model_b)
     options = _options(b_model, *_split_option_values(values))
-    if not isinstance(state, dict) or "a" not in state:
+    if not _has_run(state):
         return ({"options_b": options}, *[gr.skip()] * (STEP_OUTPUTS + NUMBER_OUTPUTS))
     a_model = _model(registry, model_a, "model A")
     if b_model.name != state["model_b"] or a_model.name != state["model_a"]:
@@ -880,7 +884,7 @@ def current_setup(registry, state) -> str:
 
 def refresh_setup(registry, state):
     """After a run: the setup box follows it (nothing to show before the first run)."""
-    if not isinstance(state, dict) or "a" not in state:
+    if not _has_run(state):
         return gr.skip()
     return current_setup(registry, state)
 
