@@ -15,11 +15,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .evaluate import UNCONDITIONAL_SAMPLES
 from .train import TrainConfig
 
 # training settings a reproduce command must state when a stage changed them (epochs, lr and warmup always)
 STATED_ALWAYS = ("epochs", "lr", "warmup_steps")
-STATED_IF_CHANGED = ("batch_size", "min_lr_ratio", "ema_decay", "uncond_prob", "seed", "beta_schedule",
+STATED_IF_CHANGED = ("batch_size", "min_lr_ratio", "ema_decay", "uncond_prob", "min_snr_gamma", "seed", "beta_schedule",
                      "block_out_channels", "layers_per_block", "attention_levels")
 
 WHAT_DIFFUSERS_DOES = {
@@ -68,7 +69,8 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
 def _evaluation_flags(evaluation: dict | None) -> str:
     """The evaluate options behind the figures beyond its defaults, so the measure command gives them all."""
     evaluation = evaluation or {}
-    flags = f" --guidance {evaluation['guidance']}" if "guidance" in evaluation else ""
+    flags = f" --num {evaluation['num']}" if evaluation.get("num", UNCONDITIONAL_SAMPLES) != UNCONDITIONAL_SAMPLES else ""
+    flags += f" --guidance {evaluation['guidance']}" if "guidance" in evaluation else ""
     if evaluation.get("digit_accuracy_by_guidance"):
         flags += " --guidance-sweep " + " ".join(evaluation["digit_accuracy_by_guidance"])
     if "confident_over_draws" in evaluation:
@@ -162,9 +164,15 @@ def _run_summary(stage: dict) -> str:
     cfg = stage["train_config"]
     return (f"{stage['steps']} steps of batch {cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images); "
             f"AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_ratio']}×, gradient clip "
-            f"{cfg['grad_clip']}, EMA {cfg['ema_decay']}, null label for {cfg['uncond_prob']:.0%} of examples, seed {cfg['seed']}; "
+            f"{cfg['grad_clip']}, EMA {cfg['ema_decay']}, null label for {cfg['uncond_prob']:.0%} of examples, "
+            f"{_loss_weighting(cfg)}, seed {cfg['seed']}; "
             f"wall time {stage['wall_seconds'] / 3600:.2f} h ({stage['torch_threads']} torch threads, device {stage['device']}); "
             f"final training loss (running mean) {stage['final_loss_ema']:.4f}")
+
+
+def _loss_weighting(cfg: dict) -> str:
+    gamma = cfg.get("min_snr_gamma")  # records older than the option trained with uniform weights
+    return "uniform loss weights" if gamma is None else f"Min-SNR loss weights (γ = {gamma})"
 
 
 def _trained(stages: list[dict]) -> list[dict]:

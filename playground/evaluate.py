@@ -32,6 +32,8 @@ from .data import load_mnist
 from .sampling import DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Window, make_scheduler, sample
 from .setup import add_setup_arguments, setup_from_arguments
 
+UNCONDITIONAL_SAMPLES = 256  # the quality bar judges this many unconditional samples (one batch, one draw)
+
 DEFAULT_TIMESTEPS = (0, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 CONFIDENCE = 0.9
 
@@ -168,7 +170,7 @@ def reference_features(classifier: DigitClassifier, images: torch.Tensor) -> tor
 
 
 def evaluate_model(model: DiffusionModel, classifier: DigitClassifier, test_images: torch.Tensor, *,
-                   ablation: Ablation = Ablation(), num: int = 256, sampler: str = "ddim", steps: int = 50,
+                   ablation: Ablation = Ablation(), num: int = UNCONDITIONAL_SAMPLES, sampler: str = "ddim", steps: int = 50,
                    guidance: float = 1.5, seed: int = 0, eps_images: int = 512, per_digit: int = 25,
                    ablation_window: Window | None = None, timestep_lie: TimestepLie | None = None,
                    h_edit: HSpaceEdit | None = None) -> dict:
@@ -198,7 +200,7 @@ def evaluate_model(model: DiffusionModel, classifier: DigitClassifier, test_imag
     return result
 
 
-def confidence_over_draws(model: DiffusionModel, classifier: DigitClassifier, seeds: list[int], *, num: int = 256,
+def confidence_over_draws(model: DiffusionModel, classifier: DigitClassifier, seeds: list[int], *, num: int = UNCONDITIONAL_SAMPLES,
                           sampler: str = "ddim", steps: int = 50, ablation: Ablation = Ablation(), **extras) -> dict:
     """The confident share of `num` unconditional samples, drawn once per seed: its mean and standard error.
 
@@ -240,7 +242,8 @@ def main(argv=None) -> int:
     add_setup_arguments(p, batch_flag=None)  # --setup, --model, --sampler, --steps, --seed, --guidance, --ablate, ...
     p.add_argument("--classifier", default="weights/classifier")
     p.add_argument("--data-dir", default="../shared/data/mnist", help="MNIST folder (the test split is used)")
-    p.add_argument("--num", type=int, default=256, help="unconditional samples to judge (1-256)")
+    p.add_argument("--num", type=int, default=UNCONDITIONAL_SAMPLES,
+                   help=f"unconditional samples to judge (1-{UNCONDITIONAL_SAMPLES})")
     p.add_argument("--per-digit", type=int, default=25, help="conditional samples per digit for digit_accuracy")
     p.add_argument("--eps-images", type=int, default=512, help="held-out test digits for the ε-error per timestep")
     p.add_argument("--guidance-sweep", type=float, nargs="+", metavar="W",
@@ -251,8 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     try:
-        if not 1 <= args.num <= 256:
-            raise ValueError(f"--num must be from 1 to 256, got {args.num}")
+        if not 1 <= args.num <= UNCONDITIONAL_SAMPLES:
+            raise ValueError(f"--num must be from 1 to {UNCONDITIONAL_SAMPLES}, got {args.num}")
         if args.draws < 1:
             raise ValueError(f"--draws must be at least 1, got {args.draws}")
         if args.eps_images < 1:

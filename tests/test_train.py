@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from helpers import MNIST_SLICE
 from playground import PlaygroundUNet
 from playground.data import MNIST_FILES
-from playground.train import CHECKPOINT_STATE, CHECKPOINT_TENSORS, TrainConfig, parse_args, train
+from playground.train import CHECKPOINT_STATE, CHECKPOINT_TENSORS, TrainConfig, parse_args, timestep_loss_weights, train
 
 STEPS_PER_EPOCH = 64 // 16
 
@@ -111,7 +111,8 @@ def test_stop_after_is_a_command_line_option():
 def test_a_run_started_from_shipped_weights_records_their_training_and_its_card_tells_both_stages(trained, train_data, tmp_path):
     from playground.card import render_card
 
-    continued = train(tiny_config(train_data, tmp_path, epochs=1, init_from=str(trained), lr=5e-4, uncond_prob=0.4))
+    continued = train(tiny_config(train_data, tmp_path, epochs=1, init_from=str(trained), lr=5e-4, uncond_prob=0.4,
+                                  min_snr_gamma=5.0))
     record = json.loads((continued / "training.json").read_text())
     first_stage = json.loads((trained / "training.json").read_text())
     assert first_stage.pop("earlier_stages") == []
@@ -126,7 +127,32 @@ def test_a_run_started_from_shipped_weights_records_their_training_and_its_card_
     stage_1, stage_2 = (line for line in card.splitlines() if line.startswith("- stage") and "python -m playground.train" in line)
     assert "--uncond-prob" not in stage_1 and "--uncond-prob 0.4" in stage_2  # a changed setting is stated
     assert "null label for 15% of examples" in card and "null label for 40% of examples" in card
-    assert parse_args(stage_2.split("`")[1].split()[3:]).uncond_prob == 0.4  # the command parses back
+    assert "--min-snr-gamma" not in stage_1 and "--min-snr-gamma 5.0" in stage_2
+    assert "uniform loss weights" in card and "Min-SNR loss weights (γ = 5.0)" in card
+    stage_2_args = parse_args(stage_2.split("`")[1].split()[3:])  # the command parses back
+    assert (stage_2_args.uncond_prob, stage_2_args.min_snr_gamma) == (0.4, 5.0)
+
+
+def test_min_snr_weights_turn_down_only_the_timesteps_whose_snr_exceeds_gamma():
+    from diffusers import DDPMScheduler
+
+    alphas_cumprod = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weights = timestep_loss_weights(alphas_cumprod, 5.0)
+    noisy = snr <= 5.0
+    assert 0 < noisy.sum() < 1000  # the linear schedule crosses SNR 5 (near t = 100)
+    assert torch.equal(weights[noisy], torch.ones(int(noisy.sum())))
+    torch.testing.assert_close(weights[~noisy], 5.0 / snr[~noisy])
+    assert weights[0] < 0.01  # the cleanest step: SNR ~ 10^4
+    assert torch.equal(timestep_loss_weights(alphas_cumprod, None), torch.ones(1000))
+
+
+def test_min_snr_gamma_must_be_positive():
+    args = ["--data-dir", "data", "--out", "weights/x"]
+    assert parse_args(args).min_snr_gamma is None
+    assert parse_args(args + ["--min-snr-gamma", "5"]).min_snr_gamma == 5.0
+    with pytest.raises(SystemExit):
+        parse_args(args + ["--min-snr-gamma", "0"])
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +185,7 @@ def test_a_soup_card_tells_each_ingredient_and_how_to_make_them(trained, branch,
     card = render_card(soup, None, "a test machine")
     assert "stage 1, from random initialisation" in card
     assert "stage 2, a model soup (`playground.soup`): the uniform average of the EMA weights of 2 models" in card
-    assert "  - a: stage 1 itself" in card and "  - b: trained further" in card and "null label for 50% of examples, seed 1" in card
+    assert "  - a: stage 1 itself" in card and "  - b: trained further" in card and "null label for 50% of examples, uniform loss weights, seed 1" in card
     ingredient_b = next(line for line in card.splitlines() if line.startswith("- stage 2: ingredient b:"))
     assert "--init-from weights/mnist" in ingredient_b and "--seed 1" in ingredient_b
     assert parse_args(ingredient_b.split("`")[1].split()[3:]).out == "runs/mnist-stage2b"  # the command parses back
@@ -211,3 +237,12 @@ def test_a_card_gives_the_mean_and_standard_error_of_repeated_draws(trained):
     row = next(line for line in card.splitlines() if "standard error of 3 draws" in line)
     assert "seeds 0–2; each: 0.797, 0.840, 0.809" in row and "**0.815 ± 0.013**" in row
     assert "--baseline --draws 3`" in card  # the measure command gives every figure
+
+
+def test_a_cards_measure_command_states_a_sample_count_other_than_the_default(trained):
+    from playground.card import render_card
+
+    evaluation = {"steps": 50, "num": 128, "confident": 0.55, "class_entropy": 0.6, "fd": 1800.0, "eps_mse": {"10": 0.2},
+                  "guidance": 1.5}
+    assert "--baseline --num 128 --guidance 1.5`" in render_card(trained, evaluation, "a test machine")
+    assert "--num" not in render_card(trained, dict(evaluation, num=256), "a test machine")
