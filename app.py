@@ -507,7 +507,23 @@ def render_numbers(registry, state):
             confidence, predicted = probabilities.max(1)
             seen = " ".join(f"{d}({c:.2f})" for d, c in zip(predicted.tolist(), confidence.tolist()))
             table.append(f"| {name} | {seen} | {(confidence > 0.9).float().mean():.0%} |")
+        table += _off_range_warnings(a, b)
     return figure, "\n".join(table)
+
+
+DIVERGED = 2.0  # |pixel| beyond twice the data range [-1, 1]: the run has left what the model (and classifier) know
+
+
+def _off_range_warnings(a, b) -> list[str]:
+    """A diverged run's final images are clipped to [-1, 1] before classifying, where saturated noise can read
+    as a confident digit: say so, or the "share confident" column would vouch for garbage."""
+    lines = []
+    for name, trajectory in (("A", a), ("B", b)):
+        peak = trajectory.final.abs().max().item()
+        if peak > DIVERGED:
+            lines += ["", f"**{name}'s final images reach |x| = {peak:.3g}**, far outside the data range [−1, 1]: the "
+                          "classifier sees them clipped to it, so its verdicts on them say little about digits."]
+    return lines
 
 
 def _describe(ablation: Ablation) -> str:

@@ -226,6 +226,20 @@ def test_numbers_give_two_labelled_figures(registry):
     assert spectrum_figure.axes[0].get_ylabel() == "share of power"
 
 
+def test_the_numbers_warn_when_a_run_has_left_the_data_range_and_only_then(registry):
+    import dataclasses
+
+    state, *_ = run_generate(registry)
+    _, table = app.render_numbers(registry, state)
+    assert "far outside the data range" not in table  # an ordinary run: no warning
+    x_t = state["b"].x_t.clone()
+    x_t[-1, 0, 0, 0, 0] = -530.0  # one pixel of one final image, as a diverged ablation leaves them
+    diverged = dict(state, b=dataclasses.replace(state["b"], x_t=x_t))
+    _, table = app.render_numbers(registry, diverged)
+    assert "**B's final images reach |x| = 530**" in table and "A's final images" not in table
+    assert "| B |" in table  # the classifier's row is still shown, with the warning beside it
+
+
 def test_the_spectra_show_a_and_b_in_panels_of_their_own_and_a_skip_switched_off_has_no_power(registry):
     top = registry.get("tiny").unet.skip_resolutions[0]
     state, *_ = run_generate(registry, skips=(0, 1))
