@@ -28,7 +28,7 @@ import torch
 
 from playground import Ablation, SampleSettings, feature_group, features_at
 from playground.sampling import sample  # playground.sample is also the CLI module, whose import shadows the name
-from playground.evaluate import classify, eps_mse_per_timestep, skip_backbone_spectra
+from playground.evaluate import CONFIDENCE, classify, confident_share, eps_mse_per_timestep, skip_backbone_spectra
 from playground.ablation import freeu_preset
 from playground.explore import (
     class_probability_figure, decision_figure, digit_decision, export_safetensors, hspace_probe, sweep_figure, trajectory_metadata,
@@ -501,12 +501,12 @@ def render_numbers(registry, state):
              f"Mean |A − B| of the final images: **{(a.final - b.final).abs().mean():.4f}** (pixel units of [−1, 1])."]
     classifier = registry.classifier()
     if classifier is not None:
-        table += ["", "| | digits our classifier sees (confidence) | share confident > 0.9 |", "|---|---|---|"]
+        table += ["", f"| | digits our classifier sees (confidence) | share confident > {CONFIDENCE} |", "|---|---|---|"]
         for name, trajectory in (("A", a), ("B", b)):
             probabilities, _ = classify(classifier, trajectory.final)
             confidence, predicted = probabilities.max(1)
             seen = " ".join(f"{d}({c:.2f})" for d, c in zip(predicted.tolist(), confidence.tolist()))
-            table.append(f"| {name} | {seen} | {(confidence > 0.9).float().mean():.0%} |")
+            table.append(f"| {name} | {seen} | {confident_share(confidence):.0%} |")
         table += _off_range_warnings(a, b)
     return figure, "\n".join(table)
 
@@ -841,7 +841,7 @@ def sweep_ablation(registry, state, windows, progress=gr.Progress()):
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc=f"{windows} windows over t"))
     sweep = window_sweep(model, settings, ablation, windows, classifier=registry.classifier(), intact=intact, progress=report)
     figure = sweep_figure({"B's ablation in the window": sweep}, f"When does it matter? ({batch} samples; dashed: at every step)")
-    rows = ["| window (t) | mean abs Δ of final samples | same digit as intact | confident > 0.9 |", "|---|---|---|---|"]
+    rows = [f"| window (t) | mean abs Δ of final samples | same digit as intact | confident > {CONFIDENCE} |", "|---|---|---|---|"]
     for k, window in enumerate(sweep.windows):
         quality = sweep.quality[k] if sweep.quality else {}
         rows.append(f"| {window.t_max} → {window.t_min} | {float(sweep.change[k]):.4f} | "
