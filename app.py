@@ -28,7 +28,7 @@ import torch
 
 from playground import Ablation, SampleSettings, feature_group, features_at
 from playground.sampling import sample  # playground.sample is also the CLI module, whose import shadows the name
-from playground.evaluate import CONFIDENCE, classify, confident_share, eps_mse_per_timestep, skip_backbone_spectra
+from playground.evaluate import CONFIDENCE, DIVERGED, classify, confident_share, eps_mse_per_timestep, skip_backbone_spectra
 from playground.ablation import freeu_preset
 from playground.explore import (
     class_probability_figure, decision_figure, digit_decision, export_safetensors, hspace_probe, sweep_figure, trajectory_metadata,
@@ -509,9 +509,6 @@ def render_numbers(registry, state):
             table.append(f"| {name} | {seen} | {confident_share(confidence):.0%} |")
         table += _off_range_warnings(a, b)
     return figure, "\n".join(table)
-
-
-DIVERGED = 2.0  # |pixel| beyond twice the data range [-1, 1]: the run has left what the model (and classifier) know
 
 
 def _off_range_warnings(a, b) -> list[str]:

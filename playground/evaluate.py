@@ -36,6 +36,9 @@ UNCONDITIONAL_SAMPLES = 256  # the quality bar judges this many unconditional sa
 
 DEFAULT_TIMESTEPS = (0, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 CONFIDENCE = 0.9
+# |pixel| beyond twice the data range [-1, 1]: the run has left what the model and the classifier know. The
+# classifier sees such images clipped to [-1, 1], where saturated noise can read as a confident digit.
+DIVERGED = 2.0
 
 
 @torch.inference_mode()
@@ -94,9 +97,16 @@ class Quality:
     fd: float  # Fréchet distance to real test digits in classifier features
     histogram: list[int]
     predicted: list[int]
+    peak: float  # the largest |pixel| of the samples
+
+    @property
+    def diverged(self) -> bool:
+        """The samples left the data range: `confident` and `class_entropy` then judge clipped noise, not digits."""
+        return self.peak > DIVERGED
 
     def as_dict(self) -> dict:
-        return {"confident": self.confident, "class_entropy": self.class_entropy, "fd": self.fd, "histogram": self.histogram}
+        return {"confident": self.confident, "class_entropy": self.class_entropy, "fd": self.fd, "histogram": self.histogram,
+                "peak": self.peak}
 
 
 @torch.inference_mode()
@@ -117,13 +127,15 @@ def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference
     confidence, predicted = probabilities.max(1)
     histogram = torch.bincount(predicted, minlength=probabilities.shape[1])
     share = histogram.double() / histogram.sum()
-    entropy = -(share[share > 0] * share[share > 0].log()).sum().item() / math.log(probabilities.shape[1])
+    seen = share[share > 0]
+    entropy = (seen * seen.reciprocal().log()).sum().item() / math.log(probabilities.shape[1])  # Σ p·log(1/p): +0.0 for a single class, not −0.0
     return Quality(
         confident=confident_share(confidence),
         class_entropy=entropy,
         fd=frechet_distance(features, reference_features),
         histogram=histogram.tolist(),
         predicted=predicted.tolist(),
+        peak=samples.abs().max().item(),
     )
 
 

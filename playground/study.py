@@ -21,7 +21,7 @@ from pathlib import Path
 from .ablation import Ablation
 from .classifier import load_classifier
 from .data import load_mnist
-from .evaluate import evaluate_model
+from .evaluate import DIVERGED, evaluate_model
 from .explore import sweep_figure, window_sweep
 from .sampling import DiffusionModel, SampleSettings, digits_cycle, load_pipeline, sample
 from .viz import curves_figure
@@ -110,7 +110,7 @@ def run_study(model_paths, data_dir, classifier_path, out: Path, num=256, steps=
             started = time.perf_counter()
             result = evaluate_model(model, classifier, test_images, ablation=ablation, num=num, steps=steps,
                                     guidance=guidance, per_digit=per_digit, eps_images=eps_images)
-            row = {"model": model.name, "ablation": label, **{k: result[k] for k in ("confident", "class_entropy", "fd")},
+            row = {"model": model.name, "ablation": label, **{k: result[k] for k in ("confident", "class_entropy", "fd", "peak")},
                    "digit_accuracy": result.get("digit_accuracy"), **band_means(result["eps_mse"]),
                    "eps_mse": result["eps_mse"]}
             rows.append(row)
@@ -126,14 +126,20 @@ def run_study(model_paths, data_dir, classifier_path, out: Path, num=256, steps=
 
 
 def markdown_table(rows, num, steps, guidance, per_digit, eps_images) -> str:
-    lines = [f"DDIM {steps} steps; {num} unconditional samples per row for confident / entropy / FD; "
+    lines = [f"DDIM {steps} steps; {num} unconditional samples per row for confident / entropy / FD / max |x|; "
              f"{per_digit} per digit at guidance {guidance} for digit accuracy; ε-MSE on {eps_images} test digits.", "",
-             "| model | ablation | confident > 0.9 | class entropy | FD | digit accuracy | " + " | ".join(f"ε-MSE {b}" for b in BANDS) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(BANDS)]
+             "| model | ablation | confident > 0.9 | class entropy | FD | max \\|x\\| | digit accuracy | "
+             + " | ".join(f"ε-MSE {b}" for b in BANDS) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(BANDS)]
     for r in rows:
         digit = "–" if r["digit_accuracy"] is None else f"{r['digit_accuracy']:.3f}"
-        lines.append(f"| {r['model']} | {r['ablation']} | {r['confident']:.3f} | {r['class_entropy']:.3f} | {r['fd']:.2f} | {digit} | "
-                     + " | ".join(f"{r[b]:.4f}" for b in BANDS) + " |")
+        mark = " †" if r["peak"] > DIVERGED else ""
+        lines.append(f"| {r['model']} | {r['ablation']} | {r['confident']:.3f}{mark} | {r['class_entropy']:.3f}{mark} | "
+                     f"{r['fd']:.2f} | {r['peak']:.3g} | {digit} | " + " | ".join(f"{r[b]:.4f}" for b in BANDS) + " |")
+    if any(r["peak"] > DIVERGED for r in rows):
+        lines += ["", f"† The samples left the data range (max |x| > {DIVERGED:g}; data lie in [−1, 1]). The classifier sees "
+                  "them clipped to [−1, 1], where saturated noise can read as a confident digit, so these two columns say "
+                  "nothing about digits there; FD and the samples themselves show how far off they are."]
     return "\n".join(lines) + "\n"
 
 

@@ -105,6 +105,18 @@ def test_sample_quality_reports_shares_between_zero_and_one(weights):
     images = torch.rand(20, 1, 28, 28) * 2 - 1
     quality = sample_quality(classifier, images, classifier.features(torch.rand(20, 1, 28, 28)))
     assert 0 <= quality.confident <= 1 and 0 <= quality.class_entropy <= 1 and sum(quality.histogram) == 20
+    assert quality.peak <= 1 and not quality.diverged
+
+
+def test_sample_quality_flags_samples_that_left_the_data_range(weights):
+    """Saturated noise, clipped to [-1, 1] for the classifier, can read as one digit: the peak says what it was."""
+    classifier = load_classifier(weights / "classifier")
+    saturated = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(0)).sign() * 530
+    quality = sample_quality(classifier, saturated, classifier.features(torch.rand(20, 1, 28, 28)))
+    assert quality.peak == 530 and quality.diverged and quality.as_dict()["peak"] == 530
+    one_digit = sample_quality(classifier, saturated[:1].expand(12, -1, -1, -1), classifier.features(torch.rand(20, 1, 28, 28)))
+    assert max(one_digit.histogram) == 12
+    assert str(one_digit.class_entropy) == "0.0"  # +0.0, not the −0.0 that printed as "-0.000" in the study's table
 
 
 def test_radial_spectrum_puts_a_checkerboard_at_the_highest_frequency():

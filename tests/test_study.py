@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from playground.study import main, part_groups, single_part_ablations
+from playground.study import BANDS, main, markdown_table, part_groups, single_part_ablations
 from playground.sampling import load_pipeline
 from tiny_weights import make_tiny_weights
 
@@ -33,3 +33,18 @@ def test_the_study_writes_a_row_per_model_and_ablation_and_a_sweep_per_part(tmp_
     assert "**tiny-noskip**" in table
     for name in ("eps-tiny.png", "eps-tiny-noskip.png", "sweep-tiny.png", "sweep-tiny-noskip.png"):
         assert (out / name).stat().st_size > 1000
+    assert all(row["peak"] > 0 for row in record["ablations"])
+
+
+def _row(ablation, confident, peak):
+    return {"model": "m", "ablation": ablation, "confident": confident, "class_entropy": 0.0, "fd": 10.0, "peak": peak,
+            "digit_accuracy": None, **{band: 0.1 for band in BANDS}}
+
+
+def test_the_table_marks_rows_whose_samples_left_the_data_range():
+    table = markdown_table([_row("intact", 0.79, 1.0), _row("skips 28px off", 1.0, 529.4)], 4, 3, 1.5, 1, 8)
+    intact, diverged = (line for line in table.splitlines() if line.startswith("| m |"))
+    assert "†" not in intact and "| 0.790 | 0.000 | 10.00 | 1 |" in intact
+    assert "| 1.000 † | 0.000 † | 10.00 | 529 |" in diverged
+    assert "† The samples left the data range" in table
+    assert "†" not in markdown_table([_row("intact", 0.79, 1.0)], 4, 3, 1.5, 1, 8)
