@@ -97,12 +97,7 @@ class Quality:
     fd: float  # Fréchet distance to real test digits in classifier features
     histogram: list[int]
     predicted: list[int]
-    peak: float  # the largest |pixel| of the samples
-
-    @property
-    def diverged(self) -> bool:
-        """The samples left the data range: `confident` and `class_entropy` then judge clipped noise, not digits."""
-        return self.peak > DIVERGED
+    peak: float  # the largest |pixel| of the samples: above DIVERGED, some left the data range
 
     def as_dict(self) -> dict:
         return {"confident": self.confident, "class_entropy": self.class_entropy, "fd": self.fd, "histogram": self.histogram,

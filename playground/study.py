@@ -133,13 +133,13 @@ def markdown_table(rows, num, steps, guidance, per_digit, eps_images) -> str:
              "|---|---|---|---|---|---|---|" + "---|" * len(BANDS)]
     for r in rows:
         digit = "–" if r["digit_accuracy"] is None else f"{r['digit_accuracy']:.3f}"
-        mark = " †" if r["peak"] > DIVERGED else ""
-        lines.append(f"| {r['model']} | {r['ablation']} | {r['confident']:.3f}{mark} | {r['class_entropy']:.3f}{mark} | "
-                     f"{r['fd']:.2f} | {r['peak']:.3g} | {digit} | " + " | ".join(f"{r[b]:.4f}" for b in BANDS) + " |")
+        lines.append(f"| {r['model']} | {r['ablation']} | {r['confident']:.3f} | {r['class_entropy']:.3f} | {r['fd']:.2f} | "
+                     f"{r['peak']:.3g} | {digit} | " + " | ".join(f"{r[b]:.4f}" for b in BANDS) + " |")
     if any(r["peak"] > DIVERGED for r in rows):
-        lines += ["", f"† The samples left the data range (max |x| > {DIVERGED:g}; data lie in [−1, 1]). The classifier sees "
-                  "them clipped to [−1, 1], where saturated noise can read as a confident digit, so these two columns say "
-                  "nothing about digits there; FD and the samples themselves show how far off they are."]
+        lines += ["", f"max |x| is the largest pixel of a row's samples; data lie in [−1, 1]. Above {DIVERGED:g}, at least one "
+                  "sample has left the data range. The classifier sees such samples clipped to [−1, 1], where saturated noise "
+                  "can read as a confident digit: where most of a row's samples left it (entropy 0, every one read as the same "
+                  "digit), its confident share says nothing about digits, and its FD shows how far off they are."]
     return "\n".join(lines) + "\n"
 
 
