@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .evaluate import UNCONDITIONAL_SAMPLES
+from .evaluate import CONFIDENCE, UNCONDITIONAL_SAMPLES
 from .train import TrainConfig
 
 # training settings a reproduce command must state when a stage changed them (epochs, lr and warmup always)
@@ -188,7 +188,7 @@ def _metrics_table(e: dict) -> str:
 
     rows = [
         "| | this model | real MNIST test digits |", "|---|---|---|",
-        f"| unconditional samples confident > 0.9 (DDIM {e['steps']}, {e['num']} samples) | {e['confident']:.3f} | {of_real('confident', 3)} |",
+        f"| unconditional samples confident > {CONFIDENCE} (DDIM {e['steps']}, {e['num']} samples) | {e['confident']:.3f} | {of_real('confident', 3)} |",
     ]
     if "confident_over_draws" in e:
         draws = e["confident_over_draws"]

@@ -123,7 +123,8 @@ def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference
     histogram = torch.bincount(predicted, minlength=probabilities.shape[1])
     share = histogram.double() / histogram.sum()
     seen = share[share > 0]
-    entropy = (seen * seen.reciprocal().log()).sum().item() / math.log(probabilities.shape[1])  # Σ p·log(1/p): +0.0 for a single class, not −0.0
+    # Σ p·log(1/p) rather than −Σ p·log p, which is −0.0 (printed "-0.000") when a single class takes every sample
+    entropy = (seen * seen.reciprocal().log()).sum().item() / math.log(probabilities.shape[1])
     return Quality(
         confident=confident_share(confidence),
         class_entropy=entropy,

@@ -21,7 +21,7 @@ from pathlib import Path
 from .ablation import Ablation
 from .classifier import load_classifier
 from .data import load_mnist
-from .evaluate import DIVERGED, evaluate_model
+from .evaluate import CONFIDENCE, DIVERGED, evaluate_model
 from .explore import sweep_figure, window_sweep
 from .sampling import DiffusionModel, SampleSettings, digits_cycle, load_pipeline, sample
 from .viz import curves_figure
@@ -128,7 +128,7 @@ def run_study(model_paths, data_dir, classifier_path, out: Path, num=256, steps=
 def markdown_table(rows, num, steps, guidance, per_digit, eps_images) -> str:
     lines = [f"DDIM {steps} steps; {num} unconditional samples per row for confident / entropy / FD / max |x|; "
              f"{per_digit} per digit at guidance {guidance} for digit accuracy; ε-MSE on {eps_images} test digits.", "",
-             "| model | ablation | confident > 0.9 | class entropy | FD | max \\|x\\| | digit accuracy | "
+             f"| model | ablation | confident > {CONFIDENCE} | class entropy | FD | max \\|x\\| | digit accuracy | "
              + " | ".join(f"ε-MSE {b}" for b in BANDS) + " |",
              "|---|---|---|---|---|---|---|" + "---|" * len(BANDS)]
     for r in rows:
