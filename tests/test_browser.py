@@ -122,13 +122,16 @@ def test_lesson_window_lie_freeu_hspace_sweep_decision_export_and_query_setup_in
         # ?lesson=skips opens the app in that lesson: its explanation, every skip at 0, and a finished run
         page.goto(server + "?lesson=skips", wait_until="domcontentloaded")
         expect(page.locator("#lesson-note")).to_contain_text("What skips do", timeout=60_000)
+        # Gradio mounts an accordion's controls when it first opens; a value typed into a slider that is still
+        # mounting can be sent with its old value (CI saw the window stay at 999), so open it while the run goes
+        page.get_by_text("Network B over time").click()
         expect(page.locator("#step-caption")).to_contain_text("finished sample", timeout=180_000)
         expect(page.get_by_label("number input for skips joining at 28×28")).to_have_value("0")
         numbers = page.locator("#numbers")
         expect(numbers).to_contain_text("skips at 28×28 × 0")
 
         # B's skips off only while t <= 400: B reruns, and the numbers say so
-        page.get_by_text("Network B over time").click()
+        expect(page.get_by_label("number input for Ablation window: to t")).to_have_value("999")
         b_before = image_source(page, "img-B-x0")
         set_number(page, "Ablation window: to t", 400)
         expect(numbers).to_contain_text("only for 0 ≤ t ≤ 400", timeout=120_000)
@@ -136,6 +139,7 @@ def test_lesson_window_lie_freeu_hspace_sweep_decision_export_and_query_setup_in
 
         # the sweep: a curve and a table of windows
         page.get_by_role("tab", name="When does it matter?").click()
+        expect(page.get_by_label("number input for Windows")).to_have_value("10")  # mounted (see the accordion above)
         set_number(page, "Windows", 3)
         page.get_by_role("button", name="When does it matter? (sweep the window over t)").click()
         expect(page.locator("#sweep-table")).to_contain_text("Applied at every step", timeout=180_000)
