@@ -559,16 +559,25 @@ def view_features(registry, state, step, block, sample_index, range_mode):
     if not isinstance(block, str) or block not in names:
         raise ValueError(f"block must be one of the model's feature maps, e.g. {names[-1]!r}; got {_shown(block)}")
     outputs, captions = [], []
-    for label, trajectory, model_name in (("A", a, state["model_a"]), ("B", b, state["model_b"])):
-        features = features_at(registry.get(model_name), trajectory, step, sample_index)
-        missing = (f"`{model_name}` has no block `{block}`" if block not in features else
+    networks = (("A", a, state["model_a"]), ("B", b, state["model_b"]))
+
+    def maps_of(trajectory, model_name):
+        return lambda: features_at(registry.get(model_name), trajectory, step, sample_index)
+
+    # a batch-1 forward cannot use two cores: A's and B's run side by side, and B that is A is not run again
+    same = b is a and state["model_b"] == state["model_a"]
+    maps_a, maps_b = side_by_side(maps_of(a, state["model_a"]), None if same else maps_of(b, state["model_b"]))
+    for (label, trajectory, model_name), features in zip(networks, (maps_a, maps_a if same else maps_b)):
+        feature = features.get(block)
+        # only the maps the pictures are drawn from are checked (checking all ~40 took 7 ms of a view)
+        drawn_from = features.values() if range_mode == "global" else [feature]
+        missing = (f"`{model_name}` has no block `{block}`" if feature is None else
                    "its feature maps at this step hold NaN or infinite values"
-                   if not all(torch.isfinite(f).all() for f in features.values()) else None)
+                   if not all(torch.isfinite(f).all() for f in drawn_from) else None)
         if missing:
             outputs += [None, None, None]
             captions.append(f"**{label}** · no maps to show: {missing}")
             continue
-        feature = features[block]
         global_max = max(signed_range(f) for f in features.values()) if range_mode == "global" else None
         grid, shown = channel_grid(feature, range_mode, global_max, size=300)
         magnitude, magnitude_max = mean_abs_map(feature, size=150)

@@ -9,6 +9,8 @@
    client's round trip (that adds the event stream, polling and file download of a loopback client).
 3. Memory: the bytes each session keeps in its gr.State (trajectories of A and B at the largest batch),
    and the server's resident memory as sessions come and go.
+It also prints the host's speed (one guided step of the flagship on one and two threads): the targets are
+seconds, so a run's figures mean little without it.
 """
 
 import argparse
@@ -139,6 +141,33 @@ def session_bytes(app, batch):
     return a.nbytes() + b.nbytes()
 
 
+def guided_step_ms(app, threads, repeats=30):
+    """Median ms of one guided step of the flagship (a batch-2 forward), on the app's network thread.
+
+    The targets are absolute seconds, and hosts differ (and drift) by 1.5-2x: this says which host a run had."""
+    import torch
+
+    def measure():
+        unet = app.ModelRegistry(ROOT / "weights").get("mnist").unet
+        x, t, labels = torch.randn(2, 1, 28, 28), torch.tensor(500), torch.tensor([7, 10])
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                for _ in range(3):
+                    unet(x, t, labels)
+                times = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    unet(x, t, labels)
+                    times.append(time.perf_counter() - started)
+        finally:
+            torch.set_num_threads(before)
+        return statistics.median(times) * 1e3
+
+    return app.on_network_thread(measure)()
+
+
 def generate_args(seed, batch, skips):
     return ("mnist", "A with the ablation", "7", 1.5, seed, "ddim", 50, batch, *skips, [], False)
 
@@ -159,6 +188,7 @@ def main():
     _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                           state_session_capacity=args.sessions)
     try:
+        host = {threads: guided_step_ms(app, threads) for threads in (1, 2)}
         events = {
             "generate A+B": [("/generate", generate_args(i, 1, NO_SKIP_AT_FIRST)) for i in range(args.repeats)],
             "scrub": [("/scrub", [i * 7 % 50]) for i in range(args.repeats * 4)],
@@ -183,6 +213,8 @@ def main():
     finally:
         demo.close()
 
+    print(f"host: a guided step of the flagship (batch-2 forward) takes {host[2]:.1f} ms on two threads, {host[1]:.1f} ms on one "
+          "(generate runs 50 on one thread each for A and B side by side; an ablation change 50 on two)")
     print(f"cold start to first served page: {cold:.2f} s (target 10 s)")
     print("| event | server-side median (s) | client round trip median (s) | target (s) | within |")
     print("|---|---|---|---|---|")

@@ -66,7 +66,7 @@ def eps_mse_per_timestep(model: DiffusionModel, images: torch.Tensor, timesteps=
         a = alphas_cumprod[int(t)]
         told = at_t.told_timestep(int(t), len(alphas_cumprod))
         edit = at_t.h_edit_at(int(t))
-        shift = None if edit is None else (edit.strength * edit.direction).to(model.unet.device, model.unet.dtype)
+        shift = None if edit is None else model.to_unet(edit.strength * edit.direction)
         total = 0.0
         for i in range(0, len(images), batch):
             x0, eps = images[i:i + batch], noise[i:i + batch]

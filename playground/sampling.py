@@ -52,6 +52,12 @@ class DiffusionModel:
         classes = self.unet.config.num_class_embeds
         return None if classes is None else classes - 1
 
+    def to_unet(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the U-Net's device and dtype, read off its first weight: ModelMixin's `.device` and
+        `.dtype` search every module for offloading hooks first (~1 ms each), too slow for a slider's event."""
+        weight = self.unet.conv_in.weight
+        return tensor.to(weight.device, weight.dtype)
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         size = self.unet.config.sample_size
@@ -338,7 +344,7 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
     """
     scheduler = make_scheduler(model, settings.sampler, settings.steps)
     unet = model.unet
-    x = initial_noise(model, settings).to(unet.device, unet.dtype)
+    x = model.to_unet(initial_noise(model, settings))
     labels = class_labels(model, settings)
     guided = labels is not None and settings.guidance != 1.0 and bool((labels != model.null_label).any())
     if guided:
@@ -356,7 +362,7 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
     # the told timesteps and the h-space shift as tensors once, not in every step
     told = [t if call.told == int(t) else torch.tensor(call.told) for t, call in zip(timesteps, calls)]
     edit = settings.h_edit
-    shift = None if edit is None else (edit.strength * edit.direction).to(unet.device, unet.dtype)
+    shift = None if edit is None else model.to_unet(edit.strength * edit.direction)
     x_t = torch.empty((steps + 1, *x.shape), dtype=x.dtype)
     eps_all = torch.empty((steps, *x.shape), dtype=x.dtype)
     x0_all = torch.empty((steps, *x.shape), dtype=x.dtype)
@@ -455,10 +461,10 @@ def features_at(model: DiffusionModel, trajectory: Trajectory, step: int, sample
         return {name: f[sample_index] for name, f in trajectory.features[step].items()}
     labels = class_labels(model, trajectory.settings)
     label = None if labels is None else labels[sample_index:sample_index + 1]
-    x = trajectory.x_t[step, sample_index:sample_index + 1].to(model.unet.device, model.unet.dtype)
+    x = model.to_unet(trajectory.x_t[step, sample_index:sample_index + 1])
     settings, t = trajectory.settings, int(trajectory.timesteps[step])
     edit = settings.h_edit_at(t)
-    shift = None if edit is None else (edit.strength * edit.direction).to(model.unet.device, model.unet.dtype)
+    shift = None if edit is None else model.to_unet(edit.strength * edit.direction)
     told = settings.told_timestep(t, model.scheduler_config.get("num_train_timesteps", 1000))
     out = model.unet(x, told, label, ablation=settings.ablation_at(t), capture_features=True, bottleneck_shift=shift)
     return {name: f[0] for name, f in out.features.items()}

@@ -192,6 +192,23 @@ def test_maps_that_hold_nan_show_as_a_sentence_not_as_pictures(registry, monkeyp
     assert "**B** · no maps to show: its feature maps at this step hold NaN" in caption
 
 
+def test_a_nan_in_another_block_matters_only_to_the_global_colour_range(registry, monkeypatch):
+    state, *_ = run_generate(registry, skips=(0, 1))
+    real_features_at = app.features_at
+    shown, elsewhere = "mid_block.attentions.0", "mid_block.resnets.0"
+
+    def b_overflows_elsewhere(model, trajectory, *args):
+        features = real_features_at(model, trajectory, *args)
+        return {name: f * float("nan") if name == elsewhere and trajectory is state["b"] else f for name, f in features.items()}
+
+    monkeypatch.setattr(app, "features_at", b_overflows_elsewhere)
+    *images, legend, caption = app.view_features(registry, state, 2, shown, 0, "block")
+    assert all(image is not None for image in images) and "no maps to show" not in caption
+    *images, legend, caption = app.view_features(registry, state, 2, shown, 0, "global")
+    assert images[:3] != [None] * 3 and images[3:] == [None] * 3
+    assert "**B** · no maps to show: its feature maps at this step hold NaN" in caption
+
+
 @pytest.fixture(scope="module")
 def deeper_registry(tiny_weights, tmp_path_factory):
     """tiny and a model with more blocks, so A has maps that B lacks."""
