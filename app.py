@@ -564,8 +564,9 @@ def view_features(registry, state, step, block, sample_index, range_mode):
     def maps_of(trajectory, model_name):
         return lambda: features_at(registry.get(model_name), trajectory, step, sample_index)
 
-    # a batch-1 forward cannot use two cores: A's and B's run side by side, and B that is A is not run again
-    same = b is a and state["model_b"] == state["model_a"]
+    # a batch-1 forward cannot use two cores: A's and B's run side by side, and a B that is A (an intact B on A's
+    # model shares A's trajectory) is not run again
+    same = b is a
     maps_a, maps_b = side_by_side(maps_of(a, state["model_a"]), None if same else maps_of(b, state["model_b"]))
     for (label, trajectory, model_name), features in zip(networks, (maps_a, maps_a if same else maps_b)):
         feature = features.get(block)

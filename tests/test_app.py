@@ -192,6 +192,16 @@ def test_maps_that_hold_nan_show_as_a_sentence_not_as_pictures(registry, monkeyp
     assert "**B** · no maps to show: its feature maps at this step hold NaN" in caption
 
 
+def test_an_intact_b_shows_a_s_maps_without_a_second_forward(registry, monkeypatch):
+    state, *_ = run_generate(registry)
+    calls = []
+    real_features_at = app.features_at
+    monkeypatch.setattr(app, "features_at", lambda *args: calls.append(args[1]) or real_features_at(*args))
+    *images, legend, caption = app.view_features(registry, state, 2, "mid_block.attentions.0", 0, "block")
+    assert calls == [state["a"]]
+    assert [np.asarray(image).tolist() for image in images[:3]] == [np.asarray(image).tolist() for image in images[3:]]
+
+
 def test_a_nan_in_another_block_matters_only_to_the_global_colour_range(registry, monkeypatch):
     state, *_ = run_generate(registry, skips=(0, 1))
     real_features_at = app.features_at
