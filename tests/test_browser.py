@@ -122,8 +122,9 @@ def test_lesson_window_lie_freeu_hspace_sweep_decision_export_and_query_setup_in
         # ?lesson=skips opens the app in that lesson: its explanation, every skip at 0, and a finished run
         page.goto(server + "?lesson=skips", wait_until="domcontentloaded")
         expect(page.locator("#lesson-note")).to_contain_text("What skips do", timeout=60_000)
-        # Gradio mounts an accordion's controls when it first opens; a value typed into a slider that is still
-        # mounting can be sent with its old value (CI saw the window stay at 999), so open it while the run goes
+        # Gradio mounts an accordion's controls when it first opens, and a value typed into a slider still mounting
+        # can reach the server as the old one (CI: B reran, but never with the window; not reproduced on an idle
+        # machine): open it while the run goes, and type only once the slider shows its value
         page.get_by_text("Network B over time").click()
         expect(page.locator("#step-caption")).to_contain_text("finished sample", timeout=180_000)
         expect(page.get_by_label("number input for skips joining at 28×28")).to_have_value("0")
