@@ -558,17 +558,12 @@ def view_features(registry, state, step, block, sample_index, range_mode):
     names = registry.get(state["model_a"]).unet.feature_names
     if not isinstance(block, str) or block not in names:
         raise ValueError(f"block must be one of the model's feature maps, e.g. {names[-1]!r}; got {_shown(block)}")
-    outputs, captions = [], []
-    networks = (("A", a, state["model_a"]), ("B", b, state["model_b"]))
 
     def maps_of(trajectory, model_name):
         return lambda: features_at(registry.get(model_name), trajectory, step, sample_index)
 
-    # a batch-1 forward cannot use two cores: A's and B's run side by side, and a B that is A (an intact B on A's
-    # model shares A's trajectory) is not run again
-    same = b is a
-    maps_a, maps_b = side_by_side(maps_of(a, state["model_a"]), None if same else maps_of(b, state["model_b"]))
-    for (label, trajectory, model_name), features in zip(networks, (maps_a, maps_a if same else maps_b)):
+    def drawn(features, trajectory, model_name):
+        """Three pictures of the block and the caption after the network's label; None pictures if none to show."""
         feature = features.get(block)
         # only the maps the pictures are drawn from are checked (checking all ~40 took 7 ms of a view)
         drawn_from = features.values() if range_mode == "global" else [feature]
@@ -576,21 +571,27 @@ def view_features(registry, state, step, block, sample_index, range_mode):
                    "its feature maps at this step hold NaN or infinite values"
                    if not all(torch.isfinite(f).all() for f in drawn_from) else None)
         if missing:
-            outputs += [None, None, None]
-            captions.append(f"**{label}** · no maps to show: {missing}")
-            continue
+            return [None, None, None], f"no maps to show: {missing}"
         global_max = max(signed_range(f) for f in features.values()) if range_mode == "global" else None
         grid, shown = channel_grid(feature, range_mode, global_max, size=300)
         magnitude, magnitude_max = mean_abs_map(feature, size=150)
         pca, shares = pca_rgb(feature, size=150)
-        outputs += [grid, magnitude, pca]
         c, h, w = feature.shape
         scale = "each channel over its own ±max" if range_mode == "channel" else f"±{shown:.3g}"
-        captions.append(
-            f"**{label}** · `{block}` ({feature_group(block)}) · shape ({c}, {h}, {w}) · t = {int(trajectory.timesteps[step])} · "
+        return [grid, magnitude, pca], (
+            f"`{block}` ({feature_group(block)}) · shape ({c}, {h}, {w}) · t = {int(trajectory.timesteps[step])} · "
             f"values in [{feature.min():.3g}, {feature.max():.3g}] · channels: {scale} · mean|act| up to {magnitude_max:.3g} · "
             f"PCA explains {sum(shares):.0%} of variance"
         )
+
+    # a batch-1 forward cannot use two cores: A's and B's run side by side; a B that is A (an intact B on A's
+    # model shares A's trajectory) is neither run nor drawn again
+    same = b is a
+    maps_a, maps_b = side_by_side(maps_of(a, state["model_a"]), None if same else maps_of(b, state["model_b"]))
+    pictures_a, caption_a = drawn(maps_a, a, state["model_a"])
+    pictures_b, caption_b = (pictures_a, caption_a) if same else drawn(maps_b, b, state["model_b"])
+    outputs = pictures_a + pictures_b
+    captions = [f"**A** · {caption_a}", f"**B** · {caption_b}"]
     legend = _feature_legend()
     return (*outputs, legend, "\n\n".join(captions))
 
