@@ -173,6 +173,19 @@ def side_by_side(run_a, run_b):
         torch.set_num_threads(threads)
 
 
+class RunSlider(gr.Slider):
+    """A slider whose range each run sets (the step and the sample): the handlers check its value, not Gradio.
+
+    Gradio checks a value against the range the session's slider has when the event is *processed*. An event the
+    browser sent before a Generate that shrank the range (50 steps, then 8) would be refused with a bare "Value 50
+    is greater than maximum value 8". The handlers hold it to the run instead (`_slider_step`, `_slider_sample`)."""
+
+    is_template = True  # drawn by Gradio's own slider
+
+    def preprocess(self, payload):
+        return payload
+
+
 class UserError(gr.Error):
     """A plain-sentence error shown to the user (a toast); the server keeps serving."""
 
@@ -231,6 +244,20 @@ def _int(value, name, low, high):
     if not low <= number <= high:
         raise ValueError(f"{name} must be from {low} to {high}, got {_shown(value)}")
     return int(number)
+
+
+def _slider_step(step, run) -> int:
+    """The step slider's value (0 = pure noise, len(run) = the finished sample), held to the run it is applied to.
+
+    Any step a run can have is accepted: the browser sends what its slider held when the event left, and an event
+    sent before a Generate that made the run shorter reaches the server after it. It shows the new run's end,
+    where that Generate put the slider anyway."""
+    return min(_int(step, "step", 0, MAX_STEPS), len(run))
+
+
+def _slider_sample(sample_index, run) -> int:
+    """The sample slider's value, held to the run's batch for the same reason as `_slider_step`."""
+    return min(_int(sample_index, "sample", 0, MAX_BATCH - 1), run.settings.batch - 1)
 
 
 def _float(value, name, low, high):
@@ -428,11 +455,11 @@ def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
         raise ValueError("The models changed since the last Generate; press Generate to run both again.")
     options = _options_in(state)
     ablation_b = _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options)
-    _int(step, "step", 0, len(state["a"]))  # checked before the run, not after a wasted one
+    _slider_step(step, state["a"])  # checked before the run, not after a wasted one
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
     b = _finite(_run_b(state["a"], a_model, b_model, ablation_b, report, registry, options), "B")
     state = dict(state, b=b, ablation_b=ablation_b)
-    step = min(_int(step, "step", 0, len(b)), len(b))
+    step = _slider_step(step, b)
     return (state, *render_step(state, step), *render_numbers(registry, state))
 
 
@@ -482,7 +509,7 @@ def render_step(state, step):
 def scrub(state, step):
     """Slider event: re-render the cached trajectories at another step (no model call)."""
     state = _session(state)
-    return render_step(state, _int(step, "step", 0, len(state["a"])))
+    return render_step(state, _slider_step(step, state["a"]))
 
 
 def render_numbers(registry, state):
@@ -553,8 +580,8 @@ def view_features(registry, state, step, block, sample_index, range_mode):
     state = _session(state)
     _choice(range_mode, "colour range", RANGE_MODES)
     a, b = state["a"], state["b"]
-    step = min(_int(step, "step", 0, len(a)), len(a) - 1)
-    sample_index = _int(sample_index, "sample", 0, a.settings.batch - 1)
+    step = min(_slider_step(step, a), len(a) - 1)
+    sample_index = _slider_sample(sample_index, a)
     names = registry.get(state["model_a"]).unet.feature_names
     if not isinstance(block, str) or block not in names:
         raise ValueError(f"block must be one of the model's feature maps, e.g. {names[-1]!r}; got {_shown(block)}")
@@ -622,7 +649,7 @@ def _eps_curve(registry, model_name, ablation):
 def compute_numbers(registry, state, step, progress=gr.Progress()):
     """ε-error per timestep for A vs B on held-out digits, and skip vs backbone spectra of A and B."""
     state = _session(state)
-    step = min(_int(step, "step", 0, len(state["a"])), len(state["a"]) - 1)
+    step = min(_slider_step(step, state["a"]), len(state["a"]) - 1)
     progress(0.1, desc="ε-error of A on 128 held-out test digits")
     curve_a = _eps_curve(registry, state["model_a"], Ablation())
     progress(0.5, desc="ε-error of B")
@@ -781,7 +808,7 @@ def set_b_options(registry, model_a, model_b, *rest, progress=gr.Progress()):
     a_model = _model(registry, model_a, "model A")
     if b_model.name != state["model_b"] or a_model.name != state["model_a"]:
         raise ValueError("The models changed since the last Generate; press Generate to run both again.")
-    step = _int(step, "step", 0, len(state["a"]))
+    step = _slider_step(step, state["a"])
     ablation_b = _with_freeu(state["ablation_b"], options)
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
     b = _finite(_run_b(state["a"], a_model, b_model, ablation_b, report, registry, options), "B")
@@ -866,7 +893,7 @@ def digit_decides(registry, state, sample_index):
     classifier = registry.classifier()
     if classifier is None:
         raise ValueError("This server has no working digit classifier (weights/classifier), so it cannot read the digits.")
-    sample_index = _int(sample_index, "sample", 0, state["a"].settings.batch - 1)
+    sample_index = _slider_sample(sample_index, state["a"])
     decisions = {"A": digit_decision(classifier, state["a"]), "B": digit_decision(classifier, state["b"])}
     figure = decision_figure({f"A: {state['model_a']}": decisions["A"], f"B: {state['model_b']}": decisions["B"]})
     per_sample = []
@@ -1174,7 +1201,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         gr.Markdown("## The reverse process\nSlide through the steps; nothing is recomputed. "
                     "Columns: predicted clean image x̂0 (what the network believes the final digit is), "
                     "its noisy input x_t, and its predicted noise ε̂.")
-        step = gr.Slider(0, 50, value=50, step=1, label="Step (0 = pure noise, last = finished sample)", elem_id="step")
+        step = RunSlider(0, 50, value=50, step=1, label="Step (0 = pure noise, last = finished sample)", elem_id="step")
         step_caption = gr.Markdown(elem_id="step-caption")
         pictures = []
         for row_label in ("A (intact)", "B (ablated / other model)", "A − B"):
@@ -1197,7 +1224,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
             choices = block_choices(registry, default_a) if default_a else []
             default_block = "mid_block.attentions.0" if any(v == "mid_block.attentions.0" for _, v in choices) else None
             block = gr.Dropdown(choices, value=default_block, label="Block", elem_id="block")
-            sample_index = gr.Slider(0, 3, value=0, step=1, label="Sample", elem_id="sample-index")
+            sample_index = RunSlider(0, 3, value=0, step=1, label="Sample", elem_id="sample-index")
             range_mode = gr.Radio(list(RANGE_MODES), value="block", label="Colour range", elem_id="range-mode",
                                   info="per channel / one range for the block / one range for every block")
         feature_images = []

@@ -371,6 +371,23 @@ def test_bad_input_is_an_error_and_the_server_still_answers(served):
     assert "Mean |A − B|" in result[-1]
 
 
+def test_a_view_sent_before_a_shorter_run_shows_that_run_instead_of_an_error(served):
+    """The browser sends the values its sliders hold. A feature view or an ablation change asked for at step 50 of
+    a 50-step run (sample 3 of 4) can reach the server after a Generate of 8 steps and 1 sample: it shows the new
+    run's end, where that Generate put the sliders, not Gradio's "Value 50 is greater than maximum value 8"."""
+    client = Client(served, verbose=False)
+    client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 8, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
+    features = client.predict(50, "mid_block.attentions.0", 3, "global", api_name="/features")
+    assert "`mid_block.attentions.0`" in features[-1] and "t = 0 ·" in features[-1]  # the last of 8 DDIM steps
+    ablated = client.predict("tiny", app.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 50, api_name="/ablate")
+    assert "finished sample" in ablated[-3] and "skips at 28×28 × 0" in ablated[-1]
+    # a value no run can have is still refused, by name
+    with pytest.raises(AppError, match="step must be"):
+        client.predict(5000, "mid_block.attentions.0", 0, "global", api_name="/features")
+    with pytest.raises(AppError, match="sample must be"):
+        client.predict(1, "mid_block.attentions.0", 99, "global", api_name="/features")
+
+
 # ---- B over time, the "when?" tools, sharing and export
 
 

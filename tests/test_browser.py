@@ -50,6 +50,11 @@ def image_source(page, elem_id):
     return page.locator(f"#{elem_id} img").first.get_attribute("src")
 
 
+def toasts(page):
+    """The texts of the toasts on the page, so a failing check says which error the app showed."""
+    return page.locator(".toast-body").all_inner_texts()
+
+
 def open_browser(playwright):
     """Debian's chromium, headless, and one tall page (the whole app without scrolling)."""
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
@@ -74,7 +79,7 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         final_x0 = image_source(page, "img-A-x0")
         # the default block's maps follow the run: they show without touching the feature controls
         expect(page.locator("#feature-caption")).to_contain_text("mid_block.attentions.0", timeout=15_000)
-        assert page.locator(".toast-body").count() == 0  # the page load's follow-up had no run to show: no error
+        assert toasts(page) == []  # the page load's follow-up had no run to show: no error
 
         # scrub: drag the step slider back towards the noise
         step = page.get_by_label("number input for Step (0 = pure noise, last = finished sample)")

@@ -227,10 +227,11 @@ GENERATE = {
 }
 RERUN_B = {"model_a": GENERATE["model_a"], "model_b": GENERATE["model_b"], "skip_1": GENERATE["skip_0"],
            "attention_off": GENERATE["attention_off"], "time_off": GENERATE["time_off"],
-           "step": (NOT_A_NUMBER + _out_of(0, 3, whole=True), "step")}
+           # a step or sample beyond this run but within another's is held to this run (test_app: "a view sent before")
+           "step": (NOT_A_NUMBER + _out_of(0, app.MAX_STEPS, whole=True), "step")}
 FEATURES = {"step": RERUN_B["step"],
             "block": (NOT_A_NAME + ["mid_block", "mid_block.attentions.0 ", "MID_BLOCK.ATTENTIONS.0", "down_blocks.9.resnets.0"], "block"),
-            "sample_index": (NOT_A_NUMBER + _out_of(0, 1, whole=True), "sample"),
+            "sample_index": (NOT_A_NUMBER + _out_of(0, app.MAX_BATCH - 1, whole=True), "sample"),
             "range_mode": (NOT_A_NAME + ["Global", "per channel"], "colour range")}
 NOT_A_SESSION = [None, {}, "a", [], {"b": 1}, 0]
 
@@ -326,7 +327,7 @@ def _explore_cases():
     for i, value in enumerate(NOT_A_NUMBER + _out_of(2, 20, whole=True)):
         cases.append((f"sweep_ablation-windows-{i}", "sweep_ablation", lambda state, v=value: [state, v], "windows"))
     cases.append(("sweep_ablation-intact", "sweep_ablation", lambda state: [state, 3], "Set an ablation"))
-    for i, value in enumerate(NOT_A_NUMBER + _out_of(0, 1, whole=True)):
+    for i, value in enumerate(FEATURES["sample_index"][0]):
         cases.append((f"digit_decides-sample-{i}", "digit_decides", lambda state, v=value: [state, v], "sample"))
     for i, value in enumerate(NOT_A_NAME + ["a", "A ", "AB"]):
         for handler in ("export_tensors", "export_frames"):
