@@ -173,19 +173,6 @@ def side_by_side(run_a, run_b):
         torch.set_num_threads(threads)
 
 
-class RunSlider(gr.Slider):
-    """A slider whose range each run sets (the step and the sample): the handlers check its value, not Gradio.
-
-    Gradio checks a value against the range the session's slider has when the event is *processed*. An event the
-    browser sent before a Generate that shrank the range (50 steps, then 8) would be refused with a bare "Value 50
-    is greater than maximum value 8". The handlers hold it to the run instead (`_slider_step`, `_slider_sample`)."""
-
-    is_template = True  # drawn by Gradio's own slider
-
-    def preprocess(self, payload):
-        return payload
-
-
 class UserError(gr.Error):
     """A plain-sentence error shown to the user (a toast); the server keeps serving."""
 
@@ -1201,7 +1188,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         gr.Markdown("## The reverse process\nSlide through the steps; nothing is recomputed. "
                     "Columns: predicted clean image x̂0 (what the network believes the final digit is), "
                     "its noisy input x_t, and its predicted noise ε̂.")
-        step = RunSlider(0, 50, value=50, step=1, label="Step (0 = pure noise, last = finished sample)", elem_id="step")
+        step = gr.Slider(0, 50, value=50, step=1, label="Step (0 = pure noise, last = finished sample)", elem_id="step")
         step_caption = gr.Markdown(elem_id="step-caption")
         pictures = []
         for row_label in ("A (intact)", "B (ablated / other model)", "A − B"):
@@ -1224,7 +1211,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
             choices = block_choices(registry, default_a) if default_a else []
             default_block = "mid_block.attentions.0" if any(v == "mid_block.attentions.0" for _, v in choices) else None
             block = gr.Dropdown(choices, value=default_block, label="Block", elem_id="block")
-            sample_index = RunSlider(0, 3, value=0, step=1, label="Sample", elem_id="sample-index")
+            sample_index = gr.Slider(0, 3, value=0, step=1, label="Sample", elem_id="sample-index")
             range_mode = gr.Radio(list(RANGE_MODES), value="block", label="Colour range", elem_id="range-mode",
                                   info="per channel / one range for the block / one range for every block")
         feature_images = []
@@ -1285,13 +1272,20 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         number_outputs = [drift_plot, numbers]
         model_events = dict(concurrency_id="model", concurrency_limit=1)
         view_events = dict(concurrency_id="view", concurrency_limit=4, show_progress="hidden")
+        # For events that read the step or sample slider, whose range each run sets. Gradio checks a slider's value
+        # against the range the session's copy has when the event is *processed*, so a view or an ablation change the
+        # browser sent at step 50, reaching the server after a Generate of 8 steps, was refused with "Value 50 is
+        # greater than maximum value 8". Skipping Gradio's preprocessing changes no value these components send;
+        # the handlers check every input anyway, and hold a step or sample to the run (_slider_step, _slider_sample).
+        reads_run_sliders = dict(preprocess=False)
 
         generate_inputs = [model_a, model_b, digit, guidance, seed, sampler, steps, batch, *ablation_inputs, state]
         generate_outputs = [state, step, sample_index, *step_outputs, *number_outputs]
         feature_inputs = [state, step, block, sample_index, range_mode]
         feature_outputs = [*feature_images, legend, feature_caption]
         refresh = dict(fn=bound(refresh_setup), inputs=state, outputs=setup_box, api_name=False, show_progress="hidden")
-        follow = dict(fn=networked(features_after_run), inputs=feature_inputs, outputs=feature_outputs, api_name=False, **view_events)
+        follow = dict(fn=networked(features_after_run), inputs=feature_inputs, outputs=feature_outputs, api_name=False, **view_events,
+                      **reads_run_sliders)
 
         def after_run(event):
             """Whatever ran A or B: the setup box shows the run, the open block's feature maps follow it."""
@@ -1302,21 +1296,21 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         for control in skip_sliders:
             after_run(control.release(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
                                       [state, *step_outputs, *number_outputs], api_name="ablate" if control is skip_sliders[0] else False,
-                                      **model_events))
+                                      **model_events, **reads_run_sliders))
         for control in (attention_off, time_off):
             after_run(control.input(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
-                                    [state, *step_outputs, *number_outputs], api_name=False, **model_events))
+                                    [state, *step_outputs, *number_outputs], api_name=False, **model_events, **reads_run_sliders))
         option_inputs = [window_from, window_to, lie_mode, lie_value, *freeu_b, *freeu_s, h_on, probe_t, component, strength, h_from, h_to]
         for control in option_inputs:
             trigger = control.input if isinstance(control, (gr.Radio, gr.Checkbox)) else control.release
             after_run(trigger(networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
-                              api_name="b_options" if control is window_from else False, **model_events))
+                              api_name="b_options" if control is window_from else False, **model_events, **reads_run_sliders))
         after_run(freeu_button.click(bound(freeu_preset_values), [model_a, model_b], [*freeu_b, *freeu_s], api_name="freeu_preset").success(
             networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
-            api_name=False, **model_events))
+            api_name=False, **model_events, **reads_run_sliders))
         sweep_button.click(networked(sweep_ablation), [state, sweep_windows], [sweep_plot, sweep_table], api_name="sweep", **model_events)
         decide_button.click(networked(digit_decides), [state, sample_index], [decision_plot, probability_a, probability_b, decision_table],
-                            api_name="digit_decides", **model_events)
+                            api_name="digit_decides", **model_events, **reads_run_sliders)
         setup_outputs = [model_a, model_b, digit, guidance, seed, sampler, steps, batch, *skip_sliders, attention_off, time_off,
                          *option_inputs, state, lesson_note]
         then_generate = dict(fn=networked(generate_if_pending), inputs=generate_inputs, outputs=generate_outputs, api_name=False,
@@ -1331,13 +1325,14 @@ def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
         then_run(lesson.input(bound(apply_lesson), [lesson, model_a], setup_outputs, api_name="lesson"))
         tensors_button.click(user_errors(export_tensors), [state, export_which], export_file, api_name="export_tensors", **view_events)
         frames_button.click(user_errors(export_frames), [state, export_which], export_file, api_name="export_frames", **view_events)
-        step.change(user_errors(scrub), [state, step], step_outputs, api_name="scrub", **view_events)
+        step.change(user_errors(scrub), [state, step], step_outputs, api_name="scrub", **view_events, **reads_run_sliders)
         for trigger in (step.release, block.input, sample_index.release, range_mode.input):
             trigger(networked(view_features), feature_inputs, feature_outputs,
-                    api_name="features" if trigger == block.input else False, **view_events)
+                    api_name="features" if trigger == block.input else False, **view_events, **reads_run_sliders)
         strip.input(bound(open_block), [model_a, strip], block, api_name="open_block").success(
-            networked(view_features), feature_inputs, feature_outputs, api_name=False, **view_events)
-        numbers_button.click(networked(compute_numbers), [state, step], [eps_plot, spectrum_plot], api_name="numbers", **model_events)
+            networked(view_features), feature_inputs, feature_outputs, api_name=False, **view_events, **reads_run_sliders)
+        numbers_button.click(networked(compute_numbers), [state, step], [eps_plot, spectrum_plot], api_name="numbers",
+                             **model_events, **reads_run_sliders)
         gif_button.click(user_errors(export_gif), [state, gif_which], gif, api_name="gif", **view_events)
         for selector in (model_a, model_b):
             selector.input(bound(ablation_panel), [model_a, model_b], panel_outputs,

@@ -388,6 +388,14 @@ def test_a_view_sent_before_a_shorter_run_shows_that_run_instead_of_an_error(ser
         client.predict(1, "mid_block.attentions.0", 99, "global", api_name="/features")
 
 
+def test_every_event_that_reads_the_step_or_sample_slider_leaves_its_range_to_the_handlers(tiny_weights):
+    demo = app.build_demo(tiny_weights)
+    run_sliders = {block for block in demo.blocks.values() if getattr(block, "elem_id", None) in ("step", "sample-index")}
+    readers = [fn for fn in demo.fns.values() if run_sliders & set(fn.inputs)]
+    assert len(readers) > 10  # views, scrub, ablation changes, B's options, numbers, the digit decision
+    assert [fn.name for fn in readers if fn.preprocess] == []
+
+
 # ---- B over time, the "when?" tools, sharing and export
 
 
