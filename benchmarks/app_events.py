@@ -10,7 +10,10 @@
 3. Memory: the bytes each session keeps in its gr.State (trajectories of A and B at the largest batch),
    and the server's resident memory as sessions come and go.
 It also prints the host's speed (one guided step of the flagship on one and two threads): the targets are
-seconds, so a run's figures mean little without it.
+seconds, and these hosts drift by 2x within minutes, so a run's seconds mean little alone. Hence the peer:
+after every generate and ablation change, with the server idle, the same networks run bare on the same
+threads (a plain guided DDIM loop that keeps nothing: no trajectory, pictures, plot or server), and each
+event prints its ratio to that. The ratio is what the app adds to its networks; the host cancels out.
 """
 
 import argparse
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 TARGETS = {"generate A+B": 1.5, "scrub": 0.05, "feature view": 0.15, "ablation change": 1.0}
 INTACT_SKIPS = (1, 1, 1, 1, 1)
 NO_SKIP_AT_FIRST = (0, 1, 1, 1, 1)  # B really differs from A, so generate runs both networks
+EVENT_DIGIT, EVENT_GUIDANCE = 7, 1.5
 
 
 def free_port():
@@ -96,13 +100,15 @@ for session, api_name, args in plan:
 """
 
 
-def run_plan(demo, url, plan):
-    """[(session, api_name, args)] sent one at a time; returns [(server seconds, client seconds)] per request."""
+def run_plan(demo, url, plan, peers=None):
+    """[(session, api_name, args)] sent one at a time; returns [(server seconds, client seconds, peer seconds)]
+    per request. peers: api_name -> peer(the request's arguments) -> seconds, run after that request (else None)."""
+    peers = peers or {}
     child = subprocess.Popen([sys.executable, "-c", CLIENT, url, json.dumps(plan)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     clocks, results = {}, []
     try:
-        for _, api_name, _ in plan:
+        for _, api_name, arguments in plan:
             clock = clocks.get(api_name) or clocks.setdefault(api_name, ServerClock(demo, api_name))
             count, before = clock.read()
             line = child.stdout.readline()
@@ -110,7 +116,8 @@ def run_plan(demo, url, plan):
                 raise SystemExit(f"the client process failed during {api_name}")
             while clock.read()[0] == count:  # the queue books the time just after sending the result
                 time.sleep(0.001)
-            results.append((clock.read()[1] - before, float(line)))
+            peer = peers.get(api_name)
+            results.append((clock.read()[1] - before, float(line), None if peer is None else peer(arguments)))
             child.stdin.write("\n")
             child.stdin.flush()
     finally:
@@ -135,7 +142,7 @@ def session_bytes(app, batch):
     from playground.sampling import digits_cycle
 
     model = app.ModelRegistry(ROOT / "weights").get("mnist")
-    settings = SampleSettings(steps=50, batch=batch, label=digits_cycle(batch), guidance=1.5)
+    settings = SampleSettings(steps=50, batch=batch, label=digits_cycle(batch), guidance=EVENT_GUIDANCE)
     a = app.sample(model, settings)
     b = app.sample(model, replace(settings, ablation=Ablation(skip_scale={28: 0.0})))
     return a.nbytes() + b.nbytes()
@@ -168,13 +175,60 @@ def guided_step_ms(app, threads, repeats=30):
     return app.on_network_thread(measure)()
 
 
+def bare_networks(model, seed, ablation):
+    """The networks of one guided 50-step DDIM run at batch 1 and nothing else: the network events' peer."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(model.scheduler_config)
+    scheduler.set_timesteps(50)
+    x = torch.randn((1, *model.image_shape), generator=torch.Generator().manual_seed(seed))
+    labels = torch.tensor([EVENT_DIGIT, model.null_label])
+    with torch.inference_mode():
+        for t in scheduler.timesteps:
+            eps_cond, eps_uncond = model.unet(torch.cat([x, x]), t, labels, ablation=ablation).sample.chunk(2)
+            x = scheduler.step(eps_uncond + EVENT_GUIDANCE * (eps_cond - eps_uncond), t, x).prev_sample
+    return x
+
+
+def bare_peers(app, model, ablation_seed):
+    """{api_name: peer(the request's arguments) -> seconds}: the networks of each network event alone, on the
+    threads the app gives them (generate: A intact and B side by side, a core each; an ablation change: B alone
+    on the network thread, two cores). ablation_seed: the seed of the generate whose B the ablations rerun."""
+    import torch
+
+    from playground import Ablation, SampleSettings
+
+    settings = SampleSettings(sampler="ddim", steps=50, seed=0, batch=1, label=EVENT_DIGIT, guidance=EVENT_GUIDANCE)
+    same = app.on_network_thread(lambda: torch.allclose(app.sample(model, settings).final, bare_networks(model, 0, Ablation()), atol=1e-4))
+    assert same(), "the peer must compute what the app's sampler computes"
+
+    def b_ablation(scale_28):  # the 28x28 skip slider, the one the events move
+        return Ablation(skip_scale={28: float(scale_28)})
+
+    @app.on_network_thread
+    def generate(args):
+        seed, scale_28 = args[4], args[8]
+        started = time.perf_counter()
+        app.side_by_side(lambda: bare_networks(model, seed, Ablation()), lambda: bare_networks(model, seed, b_ablation(scale_28)))
+        return time.perf_counter() - started
+
+    @app.on_network_thread
+    def ablate(args):
+        started = time.perf_counter()
+        bare_networks(model, ablation_seed, b_ablation(args[2]))
+        return time.perf_counter() - started
+
+    return {"/generate": generate, "/ablate": ablate}
+
+
 def generate_args(seed, batch, skips):
-    return ("mnist", "A with the ablation", "7", 1.5, seed, "ddim", 50, batch, *skips, [], False)
+    return ("mnist", "A with the ablation", str(EVENT_DIGIT), EVENT_GUIDANCE, seed, "ddim", 50, batch, *skips, [], False)
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="requests of each network event (4x and 2x for the views)")
     p.add_argument("--sessions", type=int, default=6, help="sessions per round of the memory check")
     args = p.parse_args()
 
@@ -197,11 +251,14 @@ def main():
                                 for i in range(args.repeats)],
         }
         plan = [(0, api_name, list(arguments)) for requests in events.values() for api_name, arguments in requests]
-        timings = iter(run_plan(demo, url, plan))
+        peers = bare_peers(app, app.ModelRegistry(ROOT / "weights").get("mnist"), ablation_seed=args.repeats - 1)
+        timings = iter(run_plan(demo, url, plan, peers))
         results = {}
         for name, requests in events.items():
-            server, client = zip(*[next(timings) for _ in requests])
-            results[name] = statistics.median(server), statistics.median(client)
+            server, client, peer = zip(*[next(timings) for _ in requests])
+            bare = None if peer[0] is None else statistics.median(peer)
+            ratio = None if bare is None else statistics.median(s / p for s, p in zip(server, peer))
+            results[name] = statistics.median(server), statistics.median(client), bare, ratio
 
         held_per_session = app.on_network_thread(session_bytes)(app, app.MAX_BATCH) / 2**20
         rounds = []
@@ -216,10 +273,13 @@ def main():
     print(f"host: a guided step of the flagship (batch-2 forward) takes {host[2]:.1f} ms on two threads, {host[1]:.1f} ms on one "
           "(generate runs 50 on one thread each for A and B side by side; an ablation change 50 on two)")
     print(f"cold start to first served page: {cold:.2f} s (target 10 s)")
-    print("| event | server-side median (s) | client round trip median (s) | target (s) | within |")
-    print("|---|---|---|---|---|")
-    for name, (server, client) in results.items():
-        print(f"| {name} | {server:.3f} | {client:.3f} | {TARGETS[name]} | {'yes' if server <= TARGETS[name] else 'no'} |")
+    print("| event | server-side median (s) | client round trip median (s) | target (s) | within | its networks bare (s) | event / bare |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (server, client, bare, ratio) in results.items():
+        peer = f"{bare:.3f} | {ratio:.3f}" if bare is not None else "– | –"
+        print(f"| {name} | {server:.3f} | {client:.3f} | {TARGETS[name]} | {'yes' if server <= TARGETS[name] else 'no'} | {peer} |")
+    print("(event / bare: the median over requests of each event's server-side time over its networks run bare just after it; "
+          "what the app adds to its networks, whatever the host's speed)")
     print(f"state held per session (A and B, batch {app.MAX_BATCH}, 50 steps): {held_per_session:.1f} MiB (target 50)")
     print(f"server resident memory after each of three rounds of {args.sessions} new sessions at batch {app.MAX_BATCH} "
           f"(room for {args.sessions} states): " + ", ".join(f"{r:.0f} MiB" for r in rounds))
