@@ -27,7 +27,6 @@ from gradio import processing_utils
 import torch
 
 from playground import Ablation, SampleSettings, feature_group, features_at
-from playground.sampling import sample  # playground.sample is also the CLI module, whose import shadows the name
 from playground.evaluate import CONFIDENCE, DIVERGED, classify, confident_share, eps_mse_per_timestep, skip_backbone_spectra
 from playground.ablation import freeu_preset
 from playground.explore import (
@@ -414,19 +413,30 @@ def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, 
     _check_budget(settings, a_model, b_differs=not (b_model is a_model and ablation_b.is_intact and options["lie"] is None
                                                     and options["h_edit"] is None))
     started = time.monotonic()
+    trajectories = registry.trajectories
+
+    def shown_as(desc, offset=0, total=None):
+        return _timed(started, lambda i, n: progress((offset + i, total or n), desc=desc))
+
     if b_model is not a_model or (options["window"] is None and options["h_edit"] is None):
-        # B owes A nothing (no steps to copy from it): both run at once, one core each
+        # B owes A nothing (no steps to copy from it)
         settings_b = _b_settings(registry, settings, b_model, ablation_b, options)
         same = b_model is a_model and settings_b == settings
-        a, b = side_by_side(
-            lambda: sample(a_model, settings, _timed(started, lambda i, n: progress((i, n), desc="A and B side by side"))),
-            None if same else lambda: sample(b_model, settings_b, _timed(started, lambda i, n: None)))
-        a, b = _finite(a, "A"), _finite(b if b is not None else a, "B")
+        a, b = trajectories.get(a_model, settings), None if same else trajectories.get(b_model, settings_b)
+        if same or a is not None or b is not None:
+            # one network at most left to run (B is A, or one was kept from an earlier request): it gets both cores
+            if a is None:
+                a = trajectories.sample(a_model, settings, shown_as("A: intact network"))
+            if b is None:
+                b = a if same else trajectories.sample(b_model, settings_b, shown_as("B: ablated network"))
+        else:  # both run at once, one core each
+            a, b = side_by_side(lambda: trajectories.sample(a_model, settings, shown_as("A and B side by side")),
+                                lambda: trajectories.sample(b_model, settings_b, _timed(started, lambda i, n: None)))
+        a, b = _finite(a, "A"), _finite(b, "B")
     else:
         total = 2 * settings.steps
-        a = _finite(sample(a_model, settings, _timed(started, lambda i, n: progress((i, total), desc="A: intact network"))), "A")
-        b = _finite(_run_b(a, a_model, b_model, ablation_b,
-                           _timed(started, lambda i, n: progress((n + i, total), desc="B: ablated network")), registry, options), "B")
+        a = _finite(trajectories.sample(a_model, settings, shown_as("A: intact network", total=total)), "A")
+        b = _finite(_run_b(registry, a, a_model, b_model, ablation_b, shown_as("B: ablated network", settings.steps, total), options), "B")
     state = {"a": a, "b": b, "model_a": a_model.name, "model_b": b_model.name, "ablation_b": ablation_b, "options_b": options}
     step = len(a)
     return (state, gr.Slider(maximum=step, value=step), gr.Slider(maximum=max(settings.batch - 1, 1), value=0, interactive=settings.batch > 1),
@@ -444,20 +454,21 @@ def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
     ablation_b = _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options)
     _slider_step(step, state["a"])  # checked before the run, not after a wasted one
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
-    b = _finite(_run_b(state["a"], a_model, b_model, ablation_b, report, registry, options), "B")
+    b = _finite(_run_b(registry, state["a"], a_model, b_model, ablation_b, report, options), "B")
     state = dict(state, b=b, ablation_b=ablation_b)
     step = _slider_step(step, b)
     return (state, *render_step(state, step), *render_numbers(registry, state))
 
 
-def _run_b(a, a_model, b_model, ablation_b, progress, registry=None, options=NO_OPTIONS):
+def _run_b(registry, a, a_model, b_model, ablation_b, progress, options=NO_OPTIONS):
     """B's trajectory from A's settings and noise; A itself when B would compute exactly the same thing.
 
-    On A's own model, the steps before B first differs (e.g. before its t-window) are copied from A, not rerun."""
+    On A's own model, the steps before B first differs (e.g. before its t-window) are copied from A, not rerun;
+    a B computed before, for this visitor or another, is not computed again."""
     settings = _b_settings(registry, a.settings, b_model, ablation_b, options)
     if b_model is a_model and settings == a.settings:
         return a
-    return sample(b_model, settings, progress, reuse=a if b_model is a_model else None)
+    return registry.trajectories.sample(b_model, settings, progress, reuse=a if b_model is a_model else None)
 
 
 def _at(trajectory, step):
@@ -798,7 +809,7 @@ def set_b_options(registry, model_a, model_b, *rest, progress=gr.Progress()):
     step = _slider_step(step, state["a"])
     ablation_b = _with_freeu(state["ablation_b"], options)
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
-    b = _finite(_run_b(state["a"], a_model, b_model, ablation_b, report, registry, options), "B")
+    b = _finite(_run_b(registry, state["a"], a_model, b_model, ablation_b, report, options), "B")
     state = dict(state, b=b, ablation_b=ablation_b, options_b=options)
     return (state, *render_step(state, step), *render_numbers(registry, state))
 

@@ -9,7 +9,8 @@ of the same event (Gradio's queue timer, as `app_events.py` reads it). The ratio
 event's round trip through Gradio's queue and the fetching of every picture the event returns.
 - scrub: the step slider moved one step with the keyboard (9 pictures);
 - feature view: a block picked in the architecture strip (6 feature pictures);
-- ablation change: the 28×28 skip scale typed in, alternating 0 and 0.5 (B reruns; 9 pictures, numbers, plot).
+- ablation change: the 28×28 skip scale typed in, 0.05, 0.1, 0.15, ... (B reruns; 9 pictures, numbers, plot; a
+  value seen before would be answered from the trajectories the server keeps).
 Chromium runs on the same cores as the server here, unlike a visitor's browser: the server-side figures come out
 higher than app_events.py's, most for the network events.
 """
@@ -126,7 +127,7 @@ def main():
 
             def ablate(i):
                 def act():
-                    skip.fill(["0", "0.5"][i % 2])
+                    skip.fill(f"{0.05 * (i + 1):.2f}")
                     skip.press("Tab")  # blur: the slider's release
                 return act
 

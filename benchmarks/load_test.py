@@ -6,8 +6,9 @@
 The app runs in a subprocess on 127.0.0.1 (so its peak memory is its own, and it shares no GIL with the
 clients). Each session is one `gradio_client.Client` (its own gr.State) with its own seed and ablation; it
 generates, then mixes scrubbing, ablation changes, feature views and new generations until the time is up.
-Afterwards every session's requests are replayed one at a time in a fresh session, and every output must be
-equal: images pixel for pixel, text and plots exactly. A session that saw another's state, or a race on the
+Afterwards every session's requests are replayed one at a time in a fresh session on a fresh server (the first
+kept the trajectories it computed, and would answer from them), and every output must be equal: images pixel
+for pixel, text and plots exactly. A session that saw another's state, or a race on the
 shared model, shows up as a difference. Prints requests, errors, p50/p95 latency per event (client round
 trips: queueing included, which is what a visitor waits) and the server's peak RSS; exits 1 on any error or
 difference. It stops by itself and takes the server down with it.
@@ -224,12 +225,22 @@ def run(weights: str = "tiny", model: str | None = None, sessions: int = 16, dur
             for thread in threads:
                 thread.join(timeout=duration + 300)
             memory = memory_kib(server.pid)
-            mismatches = {s.index: replay(url, s) for s in all_sessions} if replay_serially else {}
-            memory_after_replay = memory_kib(server.pid)
         finally:
             server.terminate()
             server.wait(30)
         log_tail = (scratch / "server.log").read_text(errors="replace")[-2000:]
+        mismatches = {}
+        if replay_serially:
+            # on a fresh server: this one kept the trajectories it computed and would answer the replay from them,
+            # so a run spoiled by a race would be replayed as spoiled
+            replay_port = free_port()
+            server = start_server(weights_dir, replay_port, sessions, scratch / "replay.log")
+            try:
+                mismatches = {s.index: replay(f"http://127.0.0.1:{replay_port}/", s) for s in all_sessions}
+                memory = dict(memory, VmHWM=max(memory["VmHWM"], memory_kib(server.pid)["VmHWM"]))
+            finally:
+                server.terminate()
+                server.wait(30)
 
     requests = [r for s in all_sessions for r in s.requests]
     errors = [r for r in requests if r.error]
@@ -239,7 +250,7 @@ def run(weights: str = "tiny", model: str | None = None, sessions: int = 16, dur
         "latency": {e: {"count": len(t), "p50": percentile(t, 0.5), "p95": percentile(t, 0.95), "max": max(t, default=float("nan"))}
                     for e in EVENTS for t in [[r.seconds for r in requests if r.event == e and not r.error]]},
         "rss_start_mib": baseline / 1024, "rss_end_mib": memory["VmRSS"] / 1024,
-        "rss_peak_mib": max(memory["VmHWM"], memory_after_replay["VmHWM"]) / 1024,
+        "rss_peak_mib": memory["VmHWM"] / 1024,
     }
     print(f"load test: {sessions} sessions x {duration:g} s on {url} ({weights}: model {model}, {steps} steps, batch {batch}); "
           f"server up in {startup:.1f} s", file=out)
@@ -250,7 +261,7 @@ def run(weights: str = "tiny", model: str | None = None, sessions: int = 16, dur
     for event, figures in report["latency"].items():
         print(f"{event:<10}{figures['count']:>7}{figures['p50']:>9.3f}{figures['p95']:>9.3f}{figures['max']:>9.3f}", file=out)
     if replay_serially:
-        print(f"serial replay: {len(requests)} requests in fresh sessions, {report['mismatches']} differ", file=out)
+        print(f"serial replay: {len(requests)} requests in fresh sessions on a fresh server, {report['mismatches']} differ", file=out)
         for index, found in mismatches.items():
             if found:
                 print(f"  session {index}: requests {found[:5]} differ", file=out)

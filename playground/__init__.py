@@ -2,12 +2,13 @@
 
 from .ablation import Ablation, freeu_preset
 from .unet import PlaygroundUNet, PlaygroundUNetOutput, feature_group
-from .sampling import (Comparison, DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Trajectory, Window, compare,
-                       features_at, load_pipeline, sample)
+from .sampling import (Comparison, DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Trajectory, TrajectoryCache,
+                       Window, compare, features_at, load_pipeline, sample)
 from .setup import LESSONS, PlaygroundSetup
 
 __all__ = [
     "Ablation", "Comparison", "DiffusionModel", "PlaygroundUNet", "PlaygroundUNetOutput", "SampleSettings", "Trajectory",
+    "TrajectoryCache",
     "compare", "feature_group", "features_at", "load_pipeline", "sample",
     "HSpaceEdit", "LESSONS", "PlaygroundSetup", "TimestepLie", "Window", "freeu_preset",
 ]

@@ -14,16 +14,20 @@ import torch
 
 from .classifier import DigitClassifier, load_classifier
 from .data import load_mnist
-from .sampling import DiffusionModel, load_pipeline
+from .sampling import DiffusionModel, TrajectoryCache, load_pipeline
 
 HELDOUT_DIR = Path(__file__).parent / "assets" / "mnist-heldout"
 
 
 class ModelRegistry:
-    """Discovers pipeline folders under `root`; loads each on first use, thread-safely, at most once."""
+    """Discovers pipeline folders under `root`; loads each on first use, thread-safely, at most once.
 
-    def __init__(self, root: str | Path):
+    `trajectories` keeps what these models computed, for every caller of this registry (see TrajectoryCache).
+    """
+
+    def __init__(self, root: str | Path, trajectory_cache_bytes: int = 64 * 2**20):
         self.root = Path(root)
+        self.trajectories = TrajectoryCache(trajectory_cache_bytes)
         self._lock = threading.Lock()
         self._models: dict[str, DiffusionModel] = {}
         self._errors: dict[str, str] = {}

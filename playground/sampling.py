@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import torch
@@ -408,6 +410,63 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
     if end < steps:
         timesteps, x_t, eps_all, x0_all = timesteps[:end], x_t[:end + 1].clone(), eps_all[:end].clone(), x0_all[:end].clone()
     return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features)
+
+
+class TrajectoryCache:
+    """Finished trajectories by (model, settings), shared by every caller, at most `max_bytes` of them.
+
+    A trajectory is a pure function of its model and settings (repeated runs are bit-identical), so one
+    computed for one visitor serves the next who asks for the same: the same first Generate, a lesson, an
+    ablation switched off again after a look at another. Least recently used out first. Not kept: settings
+    with an h-space edit (edits compare by identity, so no later request would equal them) and trajectories
+    larger than the whole budget. Callers must treat a trajectory as read-only: it may be shared.
+    Thread-safe; two callers asking for the same new trajectory at once both compute it.
+    """
+
+    def __init__(self, max_bytes: int):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be a whole number >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        # keyed by the model object's id: its name could be reused by another folder's model; the entry holds the
+        # model, so the id cannot be reused while the entry lives
+        self._entries: OrderedDict[tuple[int, SampleSettings], tuple[DiffusionModel, Trajectory]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, model: DiffusionModel, settings: SampleSettings) -> Trajectory | None:
+        key = (id(model), settings)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def sample(self, model: DiffusionModel, settings: SampleSettings, progress=None, *,
+               reuse: Trajectory | None = None) -> Trajectory:
+        """`sample(model, settings, progress, reuse=reuse)`, or the trajectory it returned before."""
+        trajectory = self.get(model, settings)
+        if trajectory is None:
+            trajectory = sample(model, settings, progress, reuse=reuse)
+            self._keep(model, settings, trajectory)
+        return trajectory
+
+    def _keep(self, model: DiffusionModel, settings: SampleSettings, trajectory: Trajectory) -> None:
+        size = trajectory.nbytes()
+        if settings.h_edit is not None or size > self.max_bytes:
+            return
+        key = (id(model), settings)
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (model, trajectory)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.bytes -= evicted.nbytes()
 
 
 @dataclass

@@ -14,6 +14,7 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
+import playground.sampling  # noqa: E402
 from playground import PlaygroundUNet  # noqa: E402
 from playground.registry import ModelRegistry  # noqa: E402
 
@@ -69,19 +70,55 @@ def test_an_ablation_changes_b_but_not_a(registry):
     assert not (intact["b"].final == ablated["b"].final).all()
 
 
-def test_a_and_b_run_side_by_side_and_equal_runs_one_after_the_other(registry, monkeypatch):
-    threads, real_sample = {}, app.sample
+def record_sampling_threads(monkeypatch):
+    """{"A" or "B": the thread that ran it}, for every reverse process run from now on; and the real `sample`."""
+    threads, real_sample = {}, playground.sampling.sample
 
     def recording_sample(model, settings, *args, **kwargs):
         threads["A" if settings.ablation.is_intact else "B"] = threading.current_thread().name
         return real_sample(model, settings, *args, **kwargs)
 
-    monkeypatch.setattr(app, "sample", recording_sample)
+    monkeypatch.setattr(playground.sampling, "sample", recording_sample)
+    return threads, real_sample
+
+
+def test_a_and_b_run_side_by_side_and_equal_runs_one_after_the_other(tiny_weights, monkeypatch):
+    registry = ModelRegistry(tiny_weights)  # nothing kept from other tests' runs
+    threads, real_sample = record_sampling_threads(monkeypatch)
     state, *_ = run_generate(registry, skips=(0, 1))
     assert threads["A"] == threading.current_thread().name and threads["B"].startswith("networks-pair")
     model = registry.get("tiny")
     assert torch.equal(state["a"].x_t, real_sample(model, state["a"].settings).x_t)
     assert torch.equal(state["b"].x_t, real_sample(model, state["b"].settings).x_t)
+
+
+def test_a_run_seen_before_is_answered_from_the_kept_trajectories_for_any_visitor(tiny_weights, monkeypatch):
+    registry = ModelRegistry(tiny_weights)
+    first, *_ = run_generate(registry, skips=(0, 1), seed=5)
+    monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
+    again, *_ = run_generate(registry, skips=(0, 1), seed=5)  # another visitor: no state of its own yet
+    assert again["a"] is first["a"] and again["b"] is first["b"]
+    # the ablation switched on (B is A, nothing to run) and off again: the B seen before, not a rerun
+    intact = app.rerun_b(registry, "tiny", app.SAME_AS_A, *[1] * app.MAX_SKIP_SLIDERS, [], False, again, 8, progress=NoProgress())[0]
+    assert intact["b"] is intact["a"]
+    skip_values = [0] + [1] * (app.MAX_SKIP_SLIDERS - 1)
+    off_again = app.rerun_b(registry, "tiny", app.SAME_AS_A, *skip_values, [], False, intact, 8, progress=NoProgress())[0]
+    assert off_again["b"] is first["b"]
+    with pytest.raises(AssertionError, match="the model ran"):  # a new seed is computed
+        run_generate(registry, skips=(0, 1), seed=6)
+
+
+def test_with_a_kept_only_b_runs_and_on_both_cores(tiny_weights, monkeypatch):
+    registry = ModelRegistry(tiny_weights)
+    run_generate(registry, skips=(1, 1), seed=7)  # keeps A (B is A)
+    threads, _ = record_sampling_threads(monkeypatch)
+    state, *_ = run_generate(registry, skips=(0, 1), seed=7)
+    assert threads == {"B": threading.current_thread().name}  # not the pair thread, which would leave one core idle
+    assert not torch.equal(state["b"].final, state["a"].final)
+
+
+def forbidden_forward(*args, **kwargs):
+    raise AssertionError("the model ran")
 
 
 def test_side_by_side_passes_b_s_error_on_and_restores_the_thread_count():

@@ -3,12 +3,13 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from playground import Ablation, SampleSettings, compare, features_at, load_pipeline
+from playground import Ablation, HSpaceEdit, SampleSettings, TrajectoryCache, compare, features_at, load_pipeline
 from playground.sampling import sample  # not `from playground`: importing the CLI module playground.sample shadows that name
 from playground.evaluate import DIVERGED, eps_mse_per_timestep, frechet_distance, radial_spectrum, sample_quality
 from playground.classifier import load_classifier
@@ -187,3 +188,48 @@ def test_evaluate_cli_refuses_no_draws(weights, capsys):
     from playground.evaluate import main
     assert main(["--model", str(weights / "tiny"), "--draws", "0", "--json"]) == 2
     assert "--draws" in capsys.readouterr().err
+
+
+def _no_forward(*args, **kwargs):
+    raise AssertionError("the model ran")
+
+
+def test_a_kept_trajectory_answers_the_same_settings_again_without_the_model(model, monkeypatch):
+    cache = TrajectoryCache(max_bytes=2**20)
+    settings = SampleSettings(steps=4, batch=2, label=None)
+    first = cache.sample(model, settings)
+    assert torch.equal(first.x_t, sample(model, settings).x_t) and torch.equal(first.eps, sample(model, settings).eps)
+    monkeypatch.setattr(model.unet, "forward", _no_forward)
+    assert cache.sample(model, settings) is first
+    with pytest.raises(AssertionError, match="the model ran"):  # other settings are computed
+        cache.sample(model, SampleSettings(steps=4, batch=2, label=None, seed=1))
+
+
+def test_the_cache_holds_at_most_its_bytes_and_lets_the_least_recently_used_go(model):
+    settings = [SampleSettings(steps=2, batch=1, label=None, seed=seed) for seed in range(3)]
+    size = sample(model, settings[0]).nbytes()
+    cache = TrajectoryCache(max_bytes=2 * size)
+    oldest = cache.sample(model, settings[0])
+    cache.sample(model, settings[1])
+    assert cache.get(model, settings[0]) is oldest  # asked for again: now the most recently used
+    cache.sample(model, settings[2])  # over the budget: settings[1] goes
+    assert cache.get(model, settings[1]) is None and cache.get(model, settings[0]) is oldest
+    assert len(cache) == 2 and cache.bytes == 2 * size
+
+
+def test_the_cache_keeps_no_h_space_edit_and_nothing_larger_than_its_budget(model):
+    settings = SampleSettings(steps=2, batch=1, label=None)
+    bottleneck = model.unet.feature_shapes()["mid_block.resnets.1"]
+    edited = replace(settings, h_edit=HSpaceEdit(torch.zeros(bottleneck)))
+    cache = TrajectoryCache(max_bytes=2**20)
+    cache.sample(model, edited)  # an edit compares by identity: no later request could equal it
+    assert len(cache) == 0
+    small = TrajectoryCache(max_bytes=sample(model, settings).nbytes() - 1)
+    small.sample(model, settings)
+    assert len(small) == 0 and small.bytes == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "64"])
+def test_the_cache_refuses_a_budget_that_is_not_a_byte_count(bad):
+    with pytest.raises(ValueError, match="max_bytes"):
+        TrajectoryCache(bad)
