@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TARGETS = {"generate A+B": 1.5, "scrub": 0.05, "feature view": 0.15, "ablation change": 1.0, "ablation change, seen before": 1.0}
-INTACT_SKIPS = (1, 1, 1, 1, 1)
 NO_SKIP_AT_FIRST = (0, 1, 1, 1, 1)  # B really differs from A, so generate runs both networks
 EVENT_DIGIT, EVENT_GUIDANCE = 7, 1.5
 
