@@ -33,6 +33,7 @@ from playground.explore import (
     class_probability_figure, decision_figure, digit_decision, export_safetensors, hspace_probe, sweep_figure, trajectory_metadata,
     trajectory_tensors, window_sweep,
 )
+from playground.network_thread import NetworkThread, use_threads
 from playground.registry import ModelRegistry
 from playground.sampling import MAX_STEPS, SAMPLERS, TimestepLie, Window
 from playground.setup import LESSONS, HSpaceRecipe, PlaygroundSetup
@@ -127,8 +128,12 @@ processing_utils.save_pil_to_cache = _cache_image_atomically
 # a second thread (Gradio runs each event on one of its worker threads) has its own team, libgomp counts more
 # threads than cores, stops spinning between parallel regions, and every convolution waits for its workers to
 # wake. Measured on 2 vCPU: generate took 1.5 s on one thread and 3.1 s on a worker thread once another had run
-# the model. Queued on one thread, the networks also never compete for the cores.
-NETWORK_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="networks")
+# the model. Queued on one thread, the networks also never compete for the cores. While no request waits or
+# runs, a second thread (one core, lowest priority, no OpenMP team) computes the runs one switch away from
+# what a visitor just saw (see _prefetch_next).
+NETWORK_THREAD = NetworkThread(thread_name_prefix="networks")
+# Runs larger than the page's defaults (50 steps × batch 4) are not guessed at: each would hold a core for seconds.
+PREFETCH_MAX_STEPS_X_BATCH = 50 * 4
 
 
 def on_network_thread(handler):
@@ -150,7 +155,7 @@ PAIR_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="networks-pai
 
 
 def _one_core(run):
-    torch.set_num_threads(1)  # this thread's OpenMP and MKL setting (both are per thread)
+    use_threads(1)
     return run()
 
 
@@ -438,6 +443,7 @@ def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, 
         a = _finite(trajectories.sample(a_model, settings, shown_as("A: intact network", total=total)), "A")
         b = _finite(_run_b(registry, a, a_model, b_model, ablation_b, shown_as("B: ablated network", settings.steps, total), options), "B")
     state = {"a": a, "b": b, "model_a": a_model.name, "model_b": b_model.name, "ablation_b": ablation_b, "options_b": options}
+    _prefetch_next(registry, state, b_model)
     step = len(a)
     return (state, gr.Slider(maximum=step, value=step), gr.Slider(maximum=max(settings.batch - 1, 1), value=0, interactive=settings.batch > 1),
             *render_step(state, step), *render_numbers(registry, state))
@@ -456,6 +462,7 @@ def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
     b = _finite(_run_b(registry, state["a"], a_model, b_model, ablation_b, report, options), "B")
     state = dict(state, b=b, ablation_b=ablation_b)
+    _prefetch_next(registry, state, b_model)
     step = _slider_step(step, b)
     return (state, *render_step(state, step), *render_numbers(registry, state))
 
@@ -469,6 +476,19 @@ def _run_b(registry, a, a_model, b_model, ablation_b, progress, options=NO_OPTIO
     if b_model is a_model and settings == a.settings:
         return a
     return registry.trajectories.sample(b_model, settings, progress, reuse=a if b_model is a_model else None)
+
+
+def _prefetch_next(registry, state, b_model):
+    """Name B's runs one switch away (each skip, attention site and time flipped) for the network thread's idle
+    time, so the switch a visitor flips next is likely answered from the kept trajectories."""
+    settings, options = state["a"].settings, state["options_b"]
+    if (not registry.prefetch or options["h_edit"] is not None  # an edit is never kept, so never found
+            or settings.steps * settings.batch > PREFETCH_MAX_STEPS_X_BATCH):
+        return
+    unet = b_model.unet
+    runs = [_b_settings(registry, settings, b_model, ablation, options)
+            for ablation in state["ablation_b"].one_switch_away(unet.skip_resolutions, unet.attention_sites)]
+    NETWORK_THREAD.prefetch(registry.trajectories, b_model, runs)
 
 
 def _at(trajectory, step):
@@ -811,6 +831,7 @@ def set_b_options(registry, model_a, model_b, *rest, progress=gr.Progress()):
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
     b = _finite(_run_b(registry, state["a"], a_model, b_model, ablation_b, report, options), "B")
     state = dict(state, b=b, ablation_b=ablation_b, options_b=options)
+    _prefetch_next(registry, state, b_model)
     return (state, *render_step(state, step), *render_numbers(registry, state))
 
 
@@ -1123,8 +1144,8 @@ def open_block(registry, model_a, name):
 # ---------------------------------------------------------------------------------------------
 
 
-def build_demo(weights_dir: str | os.PathLike | None = None) -> gr.Blocks:
-    registry = ModelRegistry(weights_dir or os.environ.get("PLAYGROUND_WEIGHTS", "weights"))
+def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = True) -> gr.Blocks:
+    registry = ModelRegistry(weights_dir or os.environ.get("PLAYGROUND_WEIGHTS", "weights"), prefetch=prefetch)
     on_network_thread(registry.load_all)()  # loading checks every weight: the first of many parallel torch calls
     models = registry.available
     default_a = "mnist" if "mnist" in models else (models[0] if models else None)

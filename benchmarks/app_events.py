@@ -5,7 +5,10 @@
 1. Cold start: `python app.py` in a fresh process (imports, model loading) until the first page is served.
 2. Events: the app is built and launched in this process on loopback and driven with gradio_client. Every
    request's settings are new to the server (it keeps the trajectories it computed and answers a repeated
-   request from them), except those of the last event, which repeats the ablation changes. For each
+   request from them, and computes the runs one switch away in its idle time), except in the last two events:
+   one repeats the ablation changes, the other sends each change, one switch from the last, only once the
+   server is idle again (a visitor who looks before switching). The events before those come one right after
+   another, so prefetching only ever gives way to them (one step of a run on one core). For each
    event it prints the median **server-side** time — Gradio's own queue timer around preprocessing, the
    handler and postprocessing (image encoding), which is what the performance targets mean — beside the
    client's round trip (that adds the event stream, polling and file download of a loopback client).
@@ -35,7 +38,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TARGETS = {"generate A+B": 1.5, "scrub": 0.05, "feature view": 0.15, "ablation change": 1.0, "ablation change, seen before": 1.0}
+PREFETCHED = "ablation change, one switch away after a pause"
+TARGETS = {"generate A+B": 1.5, "scrub": 0.05, "feature view": 0.15, "ablation change": 1.0, "ablation change, seen before": 1.0,
+           PREFETCHED: 1.0}
 NO_SKIP_AT_FIRST = (0, 1, 1, 1, 1)  # B really differs from A, so generate runs both networks
 EVENT_DIGIT, EVENT_GUIDANCE = 7, 1.5
 
@@ -101,15 +106,20 @@ for session, api_name, args in plan:
 """
 
 
-def run_plan(demo, url, plan, peers=None):
-    """[(session, api_name, args)] sent one at a time; returns [(server seconds, client seconds, peer seconds)]
-    per request. peers: api_name -> peer(the request's arguments) -> seconds, run after that request (else None)."""
+def run_plan(demo, url, plan, peers=None, pause_before=()):
+    """[(session, api_name, args)] sent one at a time; returns [(server seconds, client seconds, peer seconds, pause
+    seconds)] per request. peers: api_name -> peer(the request's arguments) -> seconds, run after that request (else
+    None). pause_before: indices of requests sent only once the server is idle (its prefetching done); the pause is
+    how long that took (else None)."""
+    import app
+
     peers = peers or {}
     child = subprocess.Popen([sys.executable, "-c", CLIENT, url, json.dumps(plan)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     clocks, results = {}, []
     try:
-        for _, api_name, arguments in plan:
+        pause = None
+        for index, (_, api_name, arguments) in enumerate(plan):
             clock = clocks.get(api_name) or clocks.setdefault(api_name, ServerClock(demo, api_name))
             count, before = clock.read()
             line = child.stdout.readline()
@@ -118,7 +128,13 @@ def run_plan(demo, url, plan, peers=None):
             while clock.read()[0] == count:  # the queue books the time just after sending the result
                 time.sleep(0.001)
             peer = peers.get(api_name)
-            results.append((clock.read()[1] - before, float(line), None if peer is None else peer(arguments)))
+            results.append((clock.read()[1] - before, float(line), None if peer is None else peer(arguments), pause))
+            pause = None
+            if index + 1 in pause_before:
+                started = time.perf_counter()
+                if not app.NETWORK_THREAD.wait_until_idle(timeout=300):
+                    raise SystemExit("the server's prefetching did not finish within 300 s")
+                pause = time.perf_counter() - started
             child.stdin.write("\n")
             child.stdin.flush()
     finally:
@@ -205,20 +221,21 @@ def bare_peers(app, model, ablation_seed):
     same = app.on_network_thread(lambda: torch.allclose(sample(model, settings).final, bare_networks(model, 0, Ablation()), atol=1e-4))
     assert same(), "the peer must compute what the app's sampler computes"
 
-    def b_ablation(scale_28):  # the 28x28 skip slider, the one the events move
-        return Ablation(skip_scale={28: float(scale_28)})
+    def b_ablation(controls):  # the skip sliders (28, 14, 7 and two hidden), the attention sites off, time off
+        return Ablation(skip_scale=dict(zip(model.unet.skip_resolutions, controls[:3])), attention_off=controls[5],
+                        time_embedding_off=controls[6])
 
     @app.on_network_thread
     def generate(args):
-        seed, scale_28 = args[4], args[8]
+        seed = args[4]
         started = time.perf_counter()
-        app.side_by_side(lambda: bare_networks(model, seed, Ablation()), lambda: bare_networks(model, seed, b_ablation(scale_28)))
+        app.side_by_side(lambda: bare_networks(model, seed, Ablation()), lambda: bare_networks(model, seed, b_ablation(args[8:15])))
         return time.perf_counter() - started
 
     @app.on_network_thread
     def ablate(args):
         started = time.perf_counter()
-        bare_networks(model, ablation_seed, b_ablation(args[2]))
+        bare_networks(model, ablation_seed, b_ablation(args[2:9]))
         return time.perf_counter() - started
 
     return {"/generate": generate, "/ablate": ablate}
@@ -227,6 +244,26 @@ def bare_peers(app, model, ablation_seed):
 def ablate_args(i):
     """The i-th ablation change: a 28x28 skip scale no earlier request used (kept trajectories would answer it)."""
     return ["mnist", "A with the ablation", round(0.05 * (i + 1), 2), 1, 1, 1, 1, [], False, 25]
+
+
+ONE_SWITCH_MOVES = ("skip 14", "skip 7", "mid_block.attentions.0", "time", "up_blocks.0.attentions.0")
+
+
+def one_switch_chain(scale_28, count):
+    """`count` ablation changes from the 28x28 skip at scale_28, each one control away from the one before (the
+    runs the server computes in its idle time): the 14x14 skips off, then the 7x7 ones, an attention site, time..."""
+    skips, sites, time_off, chain = [scale_28, 1, 1, 1, 1], [], False, []
+    for i in range(count):
+        move = ONE_SWITCH_MOVES[i % len(ONE_SWITCH_MOVES)]
+        if move.startswith("skip"):
+            slider = {"skip 14": 1, "skip 7": 2}[move]
+            skips[slider] = 1 - skips[slider]
+        elif move == "time":
+            time_off = not time_off
+        else:
+            sites = sorted(set(sites) ^ {move})
+        chain.append(["mnist", "A with the ablation", *skips, list(sites), time_off, 25])
+    return chain
 
 
 def generate_args(seed, batch, skips):
@@ -257,16 +294,21 @@ def main():
             "ablation change": [("/ablate", ablate_args(i)) for i in range(args.repeats)],
             # the same changes again: the server kept those B trajectories (playground.TrajectoryCache)
             "ablation change, seen before": [("/ablate", ablate_args(i)) for i in range(args.repeats)],
+            # a visitor who looks before switching: the server computed the runs one switch away meanwhile
+            PREFETCHED: [("/ablate", a) for a in one_switch_chain(ablate_args(args.repeats - 1)[2], args.repeats)],
         }
         plan = [(0, api_name, list(arguments)) for requests in events.values() for api_name, arguments in requests]
+        pause_before = range(len(plan) - args.repeats, len(plan))
         peers = bare_peers(app, app.ModelRegistry(ROOT / "weights").get("mnist"), ablation_seed=args.repeats - 1)
-        timings = iter(run_plan(demo, url, plan, peers))
+        timings = iter(run_plan(demo, url, plan, peers, pause_before))
         results = {}
         for name, requests in events.items():
-            server, client, peer = zip(*[next(timings) for _ in requests])
+            server, client, peer, pause = zip(*[next(timings) for _ in requests])
             bare = None if peer[0] is None else statistics.median(peer)
             ratio = None if bare is None else statistics.median(s / p for s, p in zip(server, peer))
             results[name] = statistics.median(server), statistics.median(client), bare, ratio
+            if name == PREFETCHED:
+                pauses = pause
 
         held_per_session = app.on_network_thread(session_bytes)(app, app.MAX_BATCH) / 2**20
         rounds = []
@@ -288,6 +330,8 @@ def main():
         print(f"| {name} | {server:.3f} | {client:.3f} | {TARGETS[name]} | {'yes' if server <= TARGETS[name] else 'no'} | {peer} |")
     print("(event / bare: the median over requests of each event's server-side time over its networks run bare just after it; "
           "what the app adds to its networks, whatever the host's speed)")
+    print(f"{PREFETCHED}: each sent once the server had computed every run one switch away from the one before, "
+          f"which took it {statistics.median(pauses):.1f} s (median; {min(pauses):.1f}-{max(pauses):.1f} s) of idle time")
     print(f"state held per session (A and B, batch {app.MAX_BATCH}, 50 steps): {held_per_session:.1f} MiB (target 50)")
     print(f"server resident memory after each of three rounds of {args.sessions} new sessions at batch {app.MAX_BATCH} "
           f"(room for {args.sessions} states): " + ", ".join(f"{r:.0f} MiB" for r in rounds))

@@ -17,7 +17,7 @@ SD1.x defaults to a model's stages.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 # FreeU's SD1.x defaults (b1, s1) for the deepest decoder stage and (b2, s2) for the next one.
@@ -88,6 +88,18 @@ class Ablation:
             backbone_scale=multiplied("backbone_scale"),
             skip_low_freq_scale=multiplied("skip_low_freq_scale"),
         )
+
+    def one_switch_away(self, skip_resolutions: Iterable[int], attention_sites: Iterable[str]) -> list["Ablation"]:
+        """The ablations one control away, in the order the app shows its controls: each skip resolution
+        switched off (or back on), each attention site flipped, then time. FreeU's gains stay as they are."""
+        neighbours = []
+        for resolution in skip_resolutions:
+            gains = dict(self.skip_scale)
+            gains[resolution] = 1.0 if gains.get(resolution, 1.0) == 0.0 else 0.0
+            neighbours.append(replace(self, skip_scale=gains))
+        neighbours += [replace(self, attention_off=self.attention_off ^ {site}) for site in attention_sites]
+        neighbours.append(replace(self, time_embedding_off=not self.time_embedding_off))
+        return neighbours
 
     def check_against(self, skip_resolutions: Iterable[int], attention_sites: Iterable[str]) -> None:
         """Raise ValueError, listing the valid choices, if this names parts a model does not have."""

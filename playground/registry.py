@@ -23,11 +23,14 @@ class ModelRegistry:
     """Discovers pipeline folders under `root`; loads each on first use, thread-safely, at most once.
 
     `trajectories` keeps what these models computed, for every caller of this registry (see TrajectoryCache).
+    `prefetch`: whether a server on this registry computes the runs a visitor may ask for next in its idle
+    time (see NetworkThread); off for a library caller, who asks for exactly what it needs.
     """
 
-    def __init__(self, root: str | Path, trajectory_cache_bytes: int = 64 * 2**20):
+    def __init__(self, root: str | Path, trajectory_cache_bytes: int = 64 * 2**20, prefetch: bool = False):
         self.root = Path(root)
         self.trajectories = TrajectoryCache(trajectory_cache_bytes)
+        self.prefetch = prefetch
         self._lock = threading.Lock()
         self._models: dict[str, DiffusionModel] = {}
         self._errors: dict[str, str] = {}

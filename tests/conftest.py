@@ -8,6 +8,7 @@ zero-initialised layers cannot hide a difference and every run sees the same num
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the network
@@ -21,6 +22,15 @@ torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from
 from helpers import MNIST_SLICE, THREE_LEVEL_UNET, TINY_UNET, build_unet, make_input
 from playground import PlaygroundUNet, load_pipeline
 from tiny_weights import make_tiny_weights
+
+
+@pytest.fixture(autouse=True)
+def no_idle_time_run_outlives_its_test():
+    """A server's idle-time runs (app.NETWORK_THREAD) must not reach into the next test's monkeypatches."""
+    yield
+    app = sys.modules.get("app")
+    if app is not None:
+        assert app.NETWORK_THREAD.wait_until_idle(timeout=120), "the network thread is still busy after the test"
 
 
 @pytest.fixture

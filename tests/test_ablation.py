@@ -112,6 +112,20 @@ def test_ablation_is_hashable_and_usable_as_a_cache_key():
     assert hash(Ablation()) == hash(Ablation())
 
 
+def test_one_switch_away_flips_each_control_once_and_keeps_the_rest():
+    sites = ("down_blocks.1.attentions.0", "mid_block.attentions.0")
+    current = Ablation(skip_scale={16: 0.0, 8: 0.5}, attention_off={sites[1]}, backbone_scale={8: 1.2})
+    assert current.one_switch_away((16, 8, 4), sites) == [
+        Ablation(skip_scale={8: 0.5}, attention_off={sites[1]}, backbone_scale={8: 1.2}),  # 16 back on
+        Ablation(skip_scale={16: 0, 8: 0}, attention_off={sites[1]}, backbone_scale={8: 1.2}),  # a weakened skip: off
+        Ablation(skip_scale={16: 0, 8: 0.5, 4: 0}, attention_off={sites[1]}, backbone_scale={8: 1.2}),
+        Ablation(skip_scale={16: 0, 8: 0.5}, attention_off=set(sites), backbone_scale={8: 1.2}),
+        Ablation(skip_scale={16: 0, 8: 0.5}, backbone_scale={8: 1.2}),  # the site that was off: back on
+        Ablation(skip_scale={16: 0, 8: 0.5}, attention_off={sites[1]}, time_embedding_off=True, backbone_scale={8: 1.2}),
+    ]
+    assert Ablation(time_embedding_off=True).one_switch_away((), ()) == [Ablation()]
+
+
 def test_ablation_is_frozen():
     ablation = Ablation()
     with pytest.raises(dataclasses.FrozenInstanceError):

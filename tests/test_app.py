@@ -121,6 +121,47 @@ def forbidden_forward(*args, **kwargs):
     raise AssertionError("the model ran")
 
 
+def rerun(registry, state, skips=(1, 1), attention_off=(), time_off=False):
+    skip_values = list(skips) + [1] * (app.MAX_SKIP_SLIDERS - len(skips))
+    return app.rerun_b(registry, "tiny", app.SAME_AS_A, *skip_values, list(attention_off), time_off, state, 8,
+                       progress=NoProgress())[0]
+
+
+def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_switch(tiny_weights, monkeypatch):
+    registry = ModelRegistry(tiny_weights, prefetch=True)
+    state, *_ = run_generate(registry, skips=(0, 1), seed=11)
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    # A and B, then every neighbour of B but the one that is A (28×28 back on): 14×14 off, four sites, time
+    assert len(registry.trajectories) == 2 + 1 + 4 + 1
+    real_forward = registry.get("tiny").unet.forward
+    monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
+    for switched in (dict(skips=(0, 0)), dict(skips=(0, 1), attention_off=["mid_block.attentions.0"]),
+                     dict(skips=(0, 1), time_off=True)):
+        answered = rerun(registry, state, **switched)
+        monkeypatch.setattr(registry.get("tiny").unet, "forward", real_forward)
+        assert torch.equal(answered["b"].x_t, playground.sampling.sample(registry.get("tiny"), answered["b"].settings).x_t)
+        monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
+    with pytest.raises(AssertionError, match="the model ran"):  # two switches away: not guessed
+        rerun(registry, state, skips=(0, 0), time_off=True)
+
+
+def test_no_run_is_guessed_without_prefetch_nor_beyond_the_page_defaults_nor_for_an_h_space_edit(tiny_weights):
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    computed_before = app.NETWORK_THREAD.prefetched
+    quiet = ModelRegistry(tiny_weights)  # a library caller's registry
+    run_generate(quiet, skips=(0, 1))
+    large = ModelRegistry(tiny_weights, prefetch=True)
+    steps = app.PREFETCH_MAX_STEPS_X_BATCH // 2 + 1
+    run_generate(large, skips=(0, 1), steps=steps, batch=2)
+    edited = ModelRegistry(tiny_weights, prefetch=True)
+    state, *_ = run_generate(edited, steps=4)
+    set_options(edited, state, h_on=True, component=1, strength=5.0)
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    assert len(quiet.trajectories) == len(large.trajectories) == 2
+    assert len(edited.trajectories) == 1 + 2 + 4 + 1  # the intact run's neighbours ...
+    assert app.NETWORK_THREAD.prefetched - computed_before == 2 + 4 + 1  # ... and none of the edit's (never kept)
+
+
 def test_side_by_side_passes_b_s_error_on_and_restores_the_thread_count():
     before = torch.get_num_threads()
     assert app.side_by_side(lambda: "a", lambda: torch.get_num_threads()) == ("a", 1)

@@ -1,0 +1,142 @@
+"""One thread for every network request, and a second one that uses the idle time for the runs asked for next.
+
+A visitor who has just seen B with the 14×14 skips off will likely switch another part off next. Each such run
+takes a second or more on two cores, but the server is idle while the visitor looks at the pictures. So a
+handler names the runs one switch away (`prefetch`), and they are computed into the shared `TrajectoryCache`
+while no request is waiting or running; the switch, when it comes, is answered from the cache.
+
+Requests always come first. A prefetch pauses at its next step the moment a request is submitted, and goes
+on from there once no request is left (or stops, if a request computed the same run meanwhile). It runs on
+one core at the lowest scheduling priority: at normal priority, Gradio's threads that encode a scrub's
+pictures lost the cores to it (a scrub took 62 ms server side instead of 37; at the lowest, 33-39 ms). A
+trajectory is a pure function of model and settings (bit for bit on one thread or two, on the hosts we
+measured), so a prefetched run is the run the request would have computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from .sampling import DiffusionModel, SampleSettings, TrajectoryCache
+
+logger = logging.getLogger(__name__)
+
+LOWEST_PRIORITY = 19  # the largest nice value Linux allows; any thread may raise its own
+
+
+def use_threads(count: int) -> None:
+    """Set the calling thread's torch thread count (OpenMP's and MKL's, both per thread), for good.
+
+    A thread's first parallel operation resets its count to the one last set by *any* thread (ATen initialises
+    each thread lazily from a process-wide value), so that first initialisation is forced here, then overridden."""
+    torch.get_num_threads()
+    torch.set_num_threads(count)
+
+
+class _KeptMeanwhile(Exception):
+    """Raised inside a prefetch's progress callback: a request computed this very run while the prefetch paused."""
+
+
+class NetworkThread:
+    """Requests on one worker thread, in order; wishes on another, only while no request is waiting or running.
+
+    submit(fn, ...): a request. It runs at once unless another request is before it.
+    prefetch(cache, model, settings): wishes, most likely first (at most `max_wishes`); they replace the
+        earlier ones, and a run already in the cache is skipped.
+    The networks of one request may use both cores (an OpenMP team); a prefetch uses one thread, which forms
+    no team, so the two never make libgomp think it has more threads than cores.
+    """
+
+    def __init__(self, thread_name_prefix: str, max_wishes: int = 16):
+        """Requests run on as many threads as the constructing thread has now."""
+        if isinstance(max_wishes, bool) or not isinstance(max_wishes, int) or max_wishes < 0:
+            raise ValueError(f"max_wishes must be a whole number >= 0, got {max_wishes!r}")
+        self.max_wishes = max_wishes
+        self._name = thread_name_prefix
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name_prefix)
+        self._executor.submit(use_threads, torch.get_num_threads())  # not whatever the prefetch thread set last
+        self._changed = threading.Condition()
+        self._requests = 0  # submitted and not finished
+        self._wishes: deque[tuple[TrajectoryCache, DiffusionModel, SampleSettings]] = deque()
+        self._prefetching = False
+        self._prefetcher: threading.Thread | None = None  # started with the first wish
+        self.prefetched = 0  # runs computed and kept (for benchmarks and tests)
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        with self._changed:
+            self._requests += 1
+        return self._executor.submit(self._request, fn, args, kwargs)
+
+    def prefetch(self, cache: TrajectoryCache, model: DiffusionModel, settings: list[SampleSettings]) -> None:
+        with self._changed:
+            # the earlier wishes were about a state its visitor has left (or, on a busy server, another visitor's,
+            # and a busy server has no idle time to spend on them anyway)
+            self._wishes = deque((cache, model, s) for s in settings[: self.max_wishes])
+            if self._prefetcher is None:
+                # a daemon: at exit a guess in progress is abandoned, not waited for
+                self._prefetcher = threading.Thread(target=self._prefetch_forever, name=f"{self._name}-prefetch", daemon=True)
+                self._prefetcher.start()
+            self._changed.notify_all()
+
+    @property
+    def wishes(self) -> int:
+        return len(self._wishes)
+
+    def idle(self) -> bool:
+        """No request waiting or running, no wish left, no prefetch running."""
+        with self._changed:
+            return not (self._requests or self._wishes or self._prefetching)
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Block until idle() (True) or `timeout` seconds have passed (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not (self._requests or self._wishes or self._prefetching), timeout)
+
+    def _request(self, fn, args, kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._changed:
+                self._requests -= 1
+                self._changed.notify_all()
+
+    def _prefetch_forever(self) -> None:
+        use_threads(1)
+        if sys.platform.startswith("linux"):  # on Linux a thread's id names it to setpriority; elsewhere it would be the process
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._wishes and not self._requests)
+                cache, model, settings = self._wishes.popleft()
+                self._prefetching = True
+            try:
+                if cache.get(model, settings) is None:
+                    cache.sample(model, settings, self._pause_for_requests(cache, model, settings))
+                    self.prefetched += 1
+            except _KeptMeanwhile:
+                pass
+            except Exception:  # a failed guess costs nothing: the request, if it comes, reports its own error
+                logger.debug("prefetch of %s failed", settings, exc_info=True)
+            finally:
+                with self._changed:
+                    self._prefetching = False
+                    self._changed.notify_all()
+
+    def _pause_for_requests(self, cache, model, settings):
+        """The prefetch's progress callback, called between its steps."""
+
+        def pause(step: int, steps: int) -> None:
+            if self._requests:
+                with self._changed:
+                    self._changed.wait_for(lambda: not self._requests)
+                if cache.get(model, settings) is not None:
+                    raise _KeptMeanwhile
+
+        return pause

@@ -1,0 +1,167 @@
+"""The network thread: requests in order and first; in the idle time, the runs a visitor may ask for next."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+import torch
+
+from playground import Ablation, SampleSettings, TrajectoryCache, sample
+from playground.network_thread import LOWEST_PRIORITY, NetworkThread
+
+
+@pytest.fixture
+def network_thread():
+    return NetworkThread(thread_name_prefix="test-networks")
+
+
+def settings_for(seeds, steps=4):
+    return [SampleSettings(steps=steps, batch=1, label=None, seed=seed) for seed in seeds]
+
+
+def _no_forward(*args, **kwargs):
+    raise AssertionError("the model ran")
+
+
+def recording_forward(model, monkeypatch, before_each=None):
+    """Calls of the model's forward from now on: (thread name, its torch thread count), in order."""
+    calls, real_forward = [], model.unet.forward
+
+    def forward(*args, **kwargs):
+        if before_each is not None:
+            before_each()
+        calls.append((threading.current_thread().name, torch.get_num_threads()))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.unet, "forward", forward)
+    return calls
+
+
+def test_wishes_are_computed_in_idle_time_exactly_as_a_request_would_compute_them(model, network_thread):
+    cache = TrajectoryCache(max_bytes=2**22)
+    wishes = settings_for(range(3))
+    network_thread.prefetch(cache, model, wishes)
+    assert network_thread.wait_until_idle(timeout=60)
+    assert network_thread.prefetched == 3 and len(cache) == 3
+    for settings in wishes:
+        kept = cache.get(model, settings)
+        assert torch.equal(kept.x_t, sample(model, settings).x_t) and torch.equal(kept.eps, sample(model, settings).eps)
+
+
+def test_a_run_already_kept_is_not_computed_again(model, network_thread, monkeypatch):
+    cache = TrajectoryCache(max_bytes=2**22)
+    settings = settings_for([0])
+    cache.sample(model, settings[0])
+    monkeypatch.setattr(model.unet, "forward", _no_forward)
+    network_thread.prefetch(cache, model, settings)
+    assert network_thread.wait_until_idle(timeout=60)
+    assert network_thread.prefetched == 0
+
+
+def test_a_request_does_not_wait_for_a_prefetch_which_pauses_until_no_request_is_left(model, network_thread, monkeypatch):
+    cache = TrajectoryCache(max_bytes=2**22)
+    in_first_step, finish_first_step = threading.Event(), threading.Event()
+
+    def hold_the_first_step():
+        if not in_first_step.is_set():
+            in_first_step.set()
+            finish_first_step.wait(10)
+
+    calls = recording_forward(model, monkeypatch, before_each=hold_the_first_step)
+    settings = settings_for([0], steps=12)[0]
+    network_thread.prefetch(cache, model, [settings])
+    assert in_first_step.wait(10)
+    assert network_thread.submit(lambda: "answered").result(timeout=10) == "answered"  # while the step is held
+    request_done = threading.Event()
+    running = network_thread.submit(request_done.wait, 10)
+    finish_first_step.set()
+    assert not network_thread.wait_until_idle(timeout=0.3)
+    assert len(calls) == 1  # the step in progress finished; the next waits for the request
+    request_done.set()
+    running.result(10)
+    assert network_thread.wait_until_idle(timeout=60)
+    assert len(calls) == 12 and network_thread.prefetched == 1  # went on where it paused: no step run twice
+    assert torch.equal(cache.get(model, settings).x_t, sample(model, settings).x_t)
+
+
+def test_a_paused_prefetch_stops_when_a_request_computed_the_same_run(model, network_thread, monkeypatch):
+    cache = TrajectoryCache(max_bytes=2**22)
+    settings = settings_for([0], steps=12)[0]
+    request_may_run, in_first_step = threading.Event(), threading.Event()
+
+    def hold_the_prefetch_at_its_first_step():
+        if threading.current_thread().name.endswith("prefetch") and not in_first_step.is_set():
+            in_first_step.set()
+            request_may_run.wait(10)
+
+    calls = recording_forward(model, monkeypatch, before_each=hold_the_prefetch_at_its_first_step)
+    network_thread.prefetch(cache, model, [settings])
+    assert in_first_step.wait(10)
+    request = network_thread.submit(cache.sample, model, settings)
+    request_may_run.set()
+    kept = request.result(10)
+    assert network_thread.wait_until_idle(timeout=60)
+    assert cache.get(model, settings) is kept and network_thread.prefetched == 0
+    assert sum(name.endswith("prefetch") for name, _ in calls) == 1
+
+
+def test_no_prefetch_starts_while_a_request_waits_or_runs(model, network_thread, monkeypatch):
+    cache = TrajectoryCache(max_bytes=2**22)
+    gate, order = threading.Event(), []
+    first = network_thread.submit(lambda: gate.wait(10) and order.append(("first", len(cache))))
+    network_thread.prefetch(cache, model, settings_for([0]))  # posted while a request runs ...
+    second = network_thread.submit(lambda: order.append(("second", len(cache))))  # ... and another waits
+    assert not network_thread.wait_until_idle(timeout=0.3)
+    gate.set()
+    first.result(10), second.result(10)
+    assert order == [("first", 0), ("second", 0)]
+    assert network_thread.wait_until_idle(timeout=60) and len(cache) == 1
+
+
+def test_the_latest_wishes_replace_the_earlier_ones_and_at_most_max_wishes_are_kept(model, monkeypatch):
+    network_thread = NetworkThread(thread_name_prefix="test-networks", max_wishes=3)
+    cache = TrajectoryCache(max_bytes=2**22)
+    gate = threading.Event()
+    busy = network_thread.submit(gate.wait, 10)  # no prefetch starts while the wishes arrive
+    network_thread.prefetch(cache, model, settings_for(range(3)))  # about a state the visitor has left
+    network_thread.prefetch(cache, model, settings_for(range(3, 7)))
+    assert network_thread.wishes == 3
+    computed = []
+    real_sample = cache.sample
+    monkeypatch.setattr(cache, "sample", lambda model, settings, *a, **k: computed.append(settings.seed) or real_sample(model, settings, *a, **k))
+    gate.set()
+    busy.result(10)
+    assert network_thread.wait_until_idle(timeout=60)
+    assert computed == [3, 4, 5]
+
+
+def test_a_wish_that_fails_is_dropped_and_the_others_still_run(model, network_thread):
+    cache = TrajectoryCache(max_bytes=2**22)
+    impossible = SampleSettings(steps=4, batch=1, label=None, ablation=Ablation(attention_off=["no.such.site"]))
+    good = settings_for([1])[0]
+    network_thread.prefetch(cache, model, [impossible, good])
+    assert network_thread.wait_until_idle(timeout=60)
+    assert cache.get(model, impossible) is None and cache.get(model, good) is not None
+
+
+def test_prefetches_run_on_one_thread_of_their_own_at_the_lowest_priority(model, network_thread, monkeypatch):
+    cache = TrajectoryCache(max_bytes=2**22)
+    calls = recording_forward(model, monkeypatch)
+    network_thread.submit(torch.set_num_threads, 2).result(10)
+    network_thread.prefetch(cache, model, settings_for([0]))
+    assert network_thread.wait_until_idle(timeout=60)
+    assert set(calls) == {("test-networks-prefetch", 1)}
+    assert network_thread.submit(torch.get_num_threads).result(10) == 2  # the requests' thread keeps its count
+    if sys.platform.startswith("linux"):
+        prefetcher = network_thread._prefetcher.native_id
+        assert os.getpriority(os.PRIO_PROCESS, prefetcher) == LOWEST_PRIORITY
+        assert os.getpriority(os.PRIO_PROCESS, network_thread.submit(threading.get_native_id).result(10)) < LOWEST_PRIORITY
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_a_bad_wish_count_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="max_wishes"):
+        NetworkThread(thread_name_prefix="test-networks", max_wishes=bad)
