@@ -408,13 +408,8 @@ def ablation_panel(registry: ModelRegistry, model_a, model_b):
 
 def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, batch, *rest, progress=gr.Progress()):
     """Run A (intact) and B (ablated, or another model) from the same noise; show the final step."""
-    *skip_values, attention_off, time_off, state = rest
-    settings = _settings(sampler, steps, seed, batch, digit, guidance)
-    a_model, b_model = _model(registry, model_a, "model A"), _model_b(registry, model_a, model_b)
-    if a_model.image_shape != b_model.image_shape:
-        raise ValueError(f"A ({a_model.name}) and B ({b_model.name}) make images of different shapes; pick matching models")
-    options = _options_in(state)
-    ablation_b = _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options)
+    settings, a_model, b_model, ablation_b, options = _generate_request(
+        registry, model_a, model_b, digit, guidance, seed, sampler, steps, batch, *rest)
     _check_budget(settings, a_model, b_differs=not (b_model is a_model and ablation_b.is_intact and options["lie"] is None
                                                     and options["h_edit"] is None))
     started = time.monotonic()
@@ -449,6 +444,17 @@ def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, 
             *render_step(state, step), *render_numbers(registry, state))
 
 
+def _generate_request(registry, model_a, model_b, digit, guidance, seed, sampler, steps, batch, *rest):
+    """What Generate runs, from its controls: A's settings, A's model, B's model, B's ablation and options."""
+    *skip_values, attention_off, time_off, state = rest
+    settings = _settings(sampler, steps, seed, batch, digit, guidance)
+    a_model, b_model = _model(registry, model_a, "model A"), _model_b(registry, model_a, model_b)
+    if a_model.image_shape != b_model.image_shape:
+        raise ValueError(f"A ({a_model.name}) and B ({b_model.name}) make images of different shapes; pick matching models")
+    options = _options_in(state)
+    return settings, a_model, b_model, _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options), options
+
+
 def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
     """The ablation changed: rerun B only, from the same noise and settings as the cached A."""
     *skip_values, attention_off, time_off, state, step = rest
@@ -478,17 +484,34 @@ def _run_b(registry, a, a_model, b_model, ablation_b, progress, options=NO_OPTIO
     return registry.trajectories.sample(b_model, settings, progress, reuse=a if b_model is a_model else None)
 
 
+def _worth_prefetching(registry, settings, options) -> bool:
+    return (registry.prefetch and options["h_edit"] is None  # an edit is never kept, so never found
+            and settings.steps * settings.batch <= PREFETCH_MAX_STEPS_X_BATCH)
+
+
 def _prefetch_next(registry, state, b_model):
-    """Name B's runs one switch away (each skip, attention site and time flipped) for the network thread's idle
-    time, so the switch a visitor flips next is likely answered from the kept trajectories."""
+    """Name B's runs one switch away (each skip, attention site and time flipped) for the idle time, so the
+    switch a visitor flips next is likely answered from the kept trajectories."""
     settings, options = state["a"].settings, state["options_b"]
-    if (not registry.prefetch or options["h_edit"] is not None  # an edit is never kept, so never found
-            or settings.steps * settings.batch > PREFETCH_MAX_STEPS_X_BATCH):
+    if not _worth_prefetching(registry, settings, options):
         return
     unet = b_model.unet
-    runs = [_b_settings(registry, settings, b_model, ablation, options)
+    runs = [(b_model, _b_settings(registry, settings, b_model, ablation, options))
             for ablation in state["ablation_b"].one_switch_away(unet.skip_resolutions, unet.attention_sites)]
-    NETWORK_THREAD.prefetch(registry.trajectories, b_model, runs)
+    NETWORK_THREAD.prefetch(registry.trajectories, runs)
+
+
+def _prefetch_generate(registry, *controls):
+    """Name the runs of a Generate with these controls for the idle time (a page just loaded: its first click)."""
+    try:
+        settings, a_model, b_model, ablation_b, options = _generate_request(registry, *controls)
+    except ValueError:
+        return  # the click itself will say what is wrong
+    if not _worth_prefetching(registry, settings, options):
+        return
+    settings_b = _b_settings(registry, settings, b_model, ablation_b, options)
+    same = b_model is a_model and settings_b == settings
+    NETWORK_THREAD.prefetch(registry.trajectories, [(a_model, settings)] + ([] if same else [(b_model, settings_b)]))
 
 
 def _at(trajectory, step):
@@ -1074,9 +1097,12 @@ def block_lists_if_pending(registry, model_a, state):
 
 
 def generate_if_pending(registry, *args, progress=gr.Progress()):
-    """After a setup or lesson was applied: Generate with the new controls. Otherwise (a plain page load) nothing."""
+    """After a setup or lesson was applied: Generate with the new controls. Otherwise (a plain page load) nothing
+    yet; but the visitor's first click will most likely be Generate with what the page shows, so its runs are
+    computed in the idle time while the visitor reads."""
     state = args[-1]
     if not (isinstance(state, dict) and state.get("pending")):
+        _prefetch_generate(registry, *args)
         return tuple(gr.skip() for _ in range(3 + STEP_OUTPUTS + NUMBER_OUTPUTS))
     return generate(registry, *args, progress=progress)
 

@@ -10,7 +10,11 @@ event's round trip through Gradio's queue and the fetching of every picture the 
 - scrub: the step slider moved one step with the keyboard (9 pictures);
 - feature view: a block picked in the architecture strip (6 feature pictures);
 - ablation change: the 28×28 skip scale typed in, 0.05, 0.1, 0.15, ... (B reruns; 9 pictures, numbers, plot; a
-  value seen before would be answered from the trajectories the server keeps).
+  value seen before would be answered from the trajectories the server keeps);
+- switch after a pause: an attention site switched, one more each time, once the server is idle (it computed the
+  runs one switch away meanwhile, as it does while a visitor looks at the pictures).
+Before those, once each: the page's first Generate at its defaults (batch 4), sent once the server is idle (it
+computes that run when a page loads), and the same with a new seed, computed.
 Chromium runs on the same cores as the server here, unlike a visitor's browser: the server-side figures come out
 higher than app_events.py's, most for the network events.
 """
@@ -100,6 +104,24 @@ def main():
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(url, wait_until="domcontentloaded")
             expect(page.locator("#skip-0")).to_be_visible(timeout=60_000)
+
+            def pause():
+                if not app.NETWORK_THREAD.wait_until_idle(timeout=300):
+                    raise SystemExit("the server's prefetching did not finish within 300 s")
+
+            # the page's first click, at its defaults (batch 4), once the server computed it meanwhile; then the
+            # same with a seed never asked for (computed)
+            generate_clock, generate_button = HandlerClock(demo, app.generate), page.get_by_role("button", name="Generate")
+            pause()
+            results["first Generate, page defaults (batch 4), after a pause"] = timed_input(
+                page, generate_clock, "img-A-x0", generate_button.click)
+            expect(page.locator("#feature-caption")).to_contain_text("mid_block", timeout=60_000)
+            seed = page.locator("#seed input")
+            seed.fill("1")
+            seed.press("Tab")
+            results["Generate, page defaults but seed 1 (computed)"] = timed_input(page, generate_clock, "img-A-x0", generate_button.click)
+            expect(page.locator("#feature-caption")).to_contain_text("mid_block", timeout=60_000)
+            pause()
             batch = page.get_by_label("number input for Batch")
             batch.fill("1")  # as the performance targets and app_events.py have it (the page's default is 4)
             batch.press("Tab")
@@ -131,15 +153,23 @@ def main():
                     skip.press("Tab")  # blur: the slider's release
                 return act
 
-            events = {
-                "scrub": (app.scrub, "img-A-x0", lambda i: scrub),
-                "feature view": (app.view_features, "feat-A-channels", open_block),
-                "ablation change": (app.rerun_b, "img-B-x0", ablate),
+            sites = page.locator("#attention-off input[type=checkbox]")
+
+            def switch_site(i):
+                return lambda: sites.nth(i % sites.count()).click()  # off one by one, then on again: every state new
+
+            events = {  # name: (handler, picture, input i, what comes before each input)
+                "scrub": (app.scrub, "img-A-x0", lambda i: scrub, None),
+                "feature view": (app.view_features, "feat-A-channels", open_block, None),
+                "ablation change": (app.rerun_b, "img-B-x0", ablate, None),
+                "switch after a pause": (app.rerun_b, "img-B-x0", switch_site, pause),
             }
-            for name, (handler, picture, action) in events.items():
+            for name, (handler, picture, action, before) in events.items():
                 clock = HandlerClock(demo, handler)
                 pairs = []
                 for i in range(args.repeats):
+                    if before is not None:
+                        before()
                     pairs.append(timed_input(page, clock, picture, action(i)))
                     page.wait_for_timeout(300)  # the event's follow-ups (the maps after a rerun) are over
                 results[name] = [statistics.median(values) for values in zip(*pairs)]

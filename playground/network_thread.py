@@ -15,6 +15,7 @@ measured), so a prefetched run is the run the request would have computed.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -44,12 +45,16 @@ class _KeptMeanwhile(Exception):
     """Raised inside a prefetch's progress callback: a request computed this very run while the prefetch paused."""
 
 
+class _Exiting(Exception):
+    """Raised inside a prefetch's progress callback: the interpreter is exiting."""
+
+
 class NetworkThread:
     """Requests on one worker thread, in order; wishes on another, only while no request is waiting or running.
 
     submit(fn, ...): a request. It runs at once unless another request is before it.
-    prefetch(cache, model, settings): wishes, most likely first (at most `max_wishes`); they replace the
-        earlier ones, and a run already in the cache is skipped.
+    prefetch(cache, [(model, settings), ...]): wishes, most likely first (at most `max_wishes`); they replace
+        the earlier ones, and a run already in the cache is skipped.
     The networks of one request may use both cores (an OpenMP team); a prefetch uses one thread, which forms
     no team, so the two never make libgomp think it has more threads than cores.
     """
@@ -66,6 +71,7 @@ class NetworkThread:
         self._requests = 0  # submitted and not finished
         self._wishes: deque[tuple[TrajectoryCache, DiffusionModel, SampleSettings]] = deque()
         self._prefetching = False
+        self._exiting = False
         self._prefetcher: threading.Thread | None = None  # started with the first wish
         self.prefetched = 0  # runs computed and kept (for benchmarks and tests)
 
@@ -74,15 +80,17 @@ class NetworkThread:
             self._requests += 1
         return self._executor.submit(self._request, fn, args, kwargs)
 
-    def prefetch(self, cache: TrajectoryCache, model: DiffusionModel, settings: list[SampleSettings]) -> None:
+    def prefetch(self, cache: TrajectoryCache, runs: list[tuple[DiffusionModel, SampleSettings]]) -> None:
         with self._changed:
             # the earlier wishes were about a state its visitor has left (or, on a busy server, another visitor's,
             # and a busy server has no idle time to spend on them anyway)
-            self._wishes = deque((cache, model, s) for s in settings[: self.max_wishes])
+            self._wishes = deque((cache, model, settings) for model, settings in runs[: self.max_wishes])
             if self._prefetcher is None:
-                # a daemon: at exit a guess in progress is abandoned, not waited for
+                # a daemon, so exit never waits for a guess; but stopped at its next step before the interpreter
+                # is torn down under it (torch aborts the process if a thread is still inside it then)
                 self._prefetcher = threading.Thread(target=self._prefetch_forever, name=f"{self._name}-prefetch", daemon=True)
                 self._prefetcher.start()
+                atexit.register(self._stop_prefetching)
             self._changed.notify_all()
 
     @property
@@ -107,20 +115,28 @@ class NetworkThread:
                 self._requests -= 1
                 self._changed.notify_all()
 
+    def _stop_prefetching(self) -> None:
+        with self._changed:
+            self._exiting = True
+            self._changed.notify_all()
+        self._prefetcher.join(timeout=30)
+
     def _prefetch_forever(self) -> None:
         use_threads(1)
         if sys.platform.startswith("linux"):  # on Linux a thread's id names it to setpriority; elsewhere it would be the process
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._wishes and not self._requests)
+                self._changed.wait_for(lambda: self._exiting or (self._wishes and not self._requests))
+                if self._exiting:
+                    return
                 cache, model, settings = self._wishes.popleft()
                 self._prefetching = True
             try:
                 if cache.get(model, settings) is None:
                     cache.sample(model, settings, self._pause_for_requests(cache, model, settings))
                     self.prefetched += 1
-            except _KeptMeanwhile:
+            except (_KeptMeanwhile, _Exiting):
                 pass
             except Exception:  # a failed guess costs nothing: the request, if it comes, reports its own error
                 logger.debug("prefetch of %s failed", settings, exc_info=True)
@@ -135,8 +151,10 @@ class NetworkThread:
         def pause(step: int, steps: int) -> None:
             if self._requests:
                 with self._changed:
-                    self._changed.wait_for(lambda: not self._requests)
+                    self._changed.wait_for(lambda: self._exiting or not self._requests)
                 if cache.get(model, settings) is not None:
                     raise _KeptMeanwhile
+            if self._exiting:
+                raise _Exiting
 
         return pause

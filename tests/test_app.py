@@ -145,6 +145,20 @@ def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_sw
         rerun(registry, state, skips=(0, 0), time_off=True)
 
 
+def test_a_page_load_computes_the_generate_its_controls_would_run(tiny_weights, monkeypatch):
+    registry = ModelRegistry(tiny_weights, prefetch=True)
+    controls = ["tiny", app.SAME_AS_A, app.DIGIT_CHOICES[1], 3, 21, "ddim", 8, 2, 0, *[1] * (app.MAX_SKIP_SLIDERS - 1), [], False]
+    skipped = app.generate_if_pending(registry, *controls, None, progress=NoProgress())  # a plain page load
+    assert all(isinstance(output, type(gr.skip())) for output in skipped)
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
+    state, *_ = app.generate(registry, *controls, None, progress=NoProgress())  # the first click: no network
+    monkeypatch.undo()
+    for run in (state["a"], state["b"]):
+        assert torch.equal(run.x_t, playground.sampling.sample(registry.get("tiny"), run.settings).x_t)
+    assert not state["b"].settings.ablation.is_intact
+
+
 def test_no_run_is_guessed_without_prefetch_nor_beyond_the_page_defaults_nor_for_an_h_space_edit(tiny_weights):
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
     computed_before = app.NETWORK_THREAD.prefetched

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,10 @@ def network_thread():
 
 def settings_for(seeds, steps=4):
     return [SampleSettings(steps=steps, batch=1, label=None, seed=seed) for seed in seeds]
+
+
+def runs_of(model, settings):
+    return [(model, s) for s in settings]
 
 
 def _no_forward(*args, **kwargs):
@@ -43,7 +49,7 @@ def recording_forward(model, monkeypatch, before_each=None):
 def test_wishes_are_computed_in_idle_time_exactly_as_a_request_would_compute_them(model, network_thread):
     cache = TrajectoryCache(max_bytes=2**22)
     wishes = settings_for(range(3))
-    network_thread.prefetch(cache, model, wishes)
+    network_thread.prefetch(cache, runs_of(model, wishes))
     assert network_thread.wait_until_idle(timeout=60)
     assert network_thread.prefetched == 3 and len(cache) == 3
     for settings in wishes:
@@ -56,7 +62,7 @@ def test_a_run_already_kept_is_not_computed_again(model, network_thread, monkeyp
     settings = settings_for([0])
     cache.sample(model, settings[0])
     monkeypatch.setattr(model.unet, "forward", _no_forward)
-    network_thread.prefetch(cache, model, settings)
+    network_thread.prefetch(cache, runs_of(model, settings))
     assert network_thread.wait_until_idle(timeout=60)
     assert network_thread.prefetched == 0
 
@@ -72,7 +78,7 @@ def test_a_request_does_not_wait_for_a_prefetch_which_pauses_until_no_request_is
 
     calls = recording_forward(model, monkeypatch, before_each=hold_the_first_step)
     settings = settings_for([0], steps=12)[0]
-    network_thread.prefetch(cache, model, [settings])
+    network_thread.prefetch(cache, runs_of(model, [settings]))
     assert in_first_step.wait(10)
     assert network_thread.submit(lambda: "answered").result(timeout=10) == "answered"  # while the step is held
     request_done = threading.Event()
@@ -98,7 +104,7 @@ def test_a_paused_prefetch_stops_when_a_request_computed_the_same_run(model, net
             request_may_run.wait(10)
 
     calls = recording_forward(model, monkeypatch, before_each=hold_the_prefetch_at_its_first_step)
-    network_thread.prefetch(cache, model, [settings])
+    network_thread.prefetch(cache, runs_of(model, [settings]))
     assert in_first_step.wait(10)
     request = network_thread.submit(cache.sample, model, settings)
     request_may_run.set()
@@ -112,7 +118,7 @@ def test_no_prefetch_starts_while_a_request_waits_or_runs(model, network_thread,
     cache = TrajectoryCache(max_bytes=2**22)
     gate, order = threading.Event(), []
     first = network_thread.submit(lambda: gate.wait(10) and order.append(("first", len(cache))))
-    network_thread.prefetch(cache, model, settings_for([0]))  # posted while a request runs ...
+    network_thread.prefetch(cache, runs_of(model, settings_for([0])))  # posted while a request runs ...
     second = network_thread.submit(lambda: order.append(("second", len(cache))))  # ... and another waits
     assert not network_thread.wait_until_idle(timeout=0.3)
     gate.set()
@@ -126,8 +132,8 @@ def test_the_latest_wishes_replace_the_earlier_ones_and_at_most_max_wishes_are_k
     cache = TrajectoryCache(max_bytes=2**22)
     gate = threading.Event()
     busy = network_thread.submit(gate.wait, 10)  # no prefetch starts while the wishes arrive
-    network_thread.prefetch(cache, model, settings_for(range(3)))  # about a state the visitor has left
-    network_thread.prefetch(cache, model, settings_for(range(3, 7)))
+    network_thread.prefetch(cache, runs_of(model, settings_for(range(3))))  # about a state the visitor has left
+    network_thread.prefetch(cache, runs_of(model, settings_for(range(3, 7))))
     assert network_thread.wishes == 3
     computed = []
     real_sample = cache.sample
@@ -142,7 +148,7 @@ def test_a_wish_that_fails_is_dropped_and_the_others_still_run(model, network_th
     cache = TrajectoryCache(max_bytes=2**22)
     impossible = SampleSettings(steps=4, batch=1, label=None, ablation=Ablation(attention_off=["no.such.site"]))
     good = settings_for([1])[0]
-    network_thread.prefetch(cache, model, [impossible, good])
+    network_thread.prefetch(cache, runs_of(model, [impossible, good]))
     assert network_thread.wait_until_idle(timeout=60)
     assert cache.get(model, impossible) is None and cache.get(model, good) is not None
 
@@ -151,7 +157,7 @@ def test_prefetches_run_on_one_thread_of_their_own_at_the_lowest_priority(model,
     cache = TrajectoryCache(max_bytes=2**22)
     calls = recording_forward(model, monkeypatch)
     network_thread.submit(torch.set_num_threads, 2).result(10)
-    network_thread.prefetch(cache, model, settings_for([0]))
+    network_thread.prefetch(cache, runs_of(model, settings_for([0])))
     assert network_thread.wait_until_idle(timeout=60)
     assert set(calls) == {("test-networks-prefetch", 1)}
     assert network_thread.submit(torch.get_num_threads).result(10) == 2  # the requests' thread keeps its count
@@ -165,3 +171,25 @@ def test_prefetches_run_on_one_thread_of_their_own_at_the_lowest_priority(model,
 def test_a_bad_wish_count_is_refused_by_name(bad):
     with pytest.raises(ValueError, match="max_wishes"):
         NetworkThread(thread_name_prefix="test-networks", max_wishes=bad)
+
+
+EXIT_DURING_A_PREFETCH = """
+import sys, time
+from playground import SampleSettings, TrajectoryCache, load_pipeline
+from playground.network_thread import NetworkThread
+model = load_pipeline(sys.argv[1])
+network_thread = NetworkThread(thread_name_prefix="networks")
+network_thread.prefetch(TrajectoryCache(2**24), [(model, SampleSettings(steps=500, batch=4, label=None, seed=s)) for s in range(9)])
+time.sleep(0.5)
+print("prefetching at exit:", not network_thread.idle())
+"""
+
+
+def test_the_interpreter_exits_cleanly_in_the_middle_of_a_prefetch(weights):
+    # torch aborts the process ("terminate called without an active exception") if a thread is still in it when
+    # the interpreter is torn down; the prefetch stops at its next step instead
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", EXIT_DURING_A_PREFETCH, str(weights / "tiny")], cwd=root, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "prefetching at exit: True" in done.stdout and "terminate called" not in done.stderr
