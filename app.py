@@ -1249,11 +1249,11 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
         step = gr.Slider(0, 50, value=50, step=1, label="Step (0 = pure noise, last = finished sample)", elem_id="step")
         step_caption = gr.Markdown(elem_id="step-caption")
         pictures = []
-        for row_label in ("A (intact)", "B (ablated / other model)", "A − B"):
+        for row_label, row_id in (("A (intact)", "A"), ("B (ablated / other model)", "B"), ("A − B", "AminusB")):
             with gr.Row():
-                for column in ("x̂0", "x_t", "ε̂"):
+                for column, column_id in (("x̂0", "x0"), ("x_t", "x_t"), ("ε̂", "eps")):
                     pictures.append(gr.Image(label=f"{row_label}: {column}", type="pil", interactive=False, height=260, format=LOSSLESS,
-                                             elem_id=f"img-{row_label[0]}-{column}".replace("̂", "").replace("−", "d").replace(" ", "")))
+                                             elem_id=f"img-{row_id}-{column_id}"))
         with gr.Row():
             gif_which = gr.Radio(["x̂0 (predicted clean image)", "x_t (noisy input)"], value="x̂0 (predicted clean image)",
                                  label="Animate network A's trajectory", elem_id="gif-which")

@@ -68,7 +68,8 @@ class HandlerClock:
 
 def timed_input(page, clock, picture, act):
     """Run `act` (one input) and return (browser ms until `picture` changed, server ms of the event it started)."""
-    before_src = page.locator(f"#{picture} img").first.get_attribute("src")
+    images = page.locator(f"#{picture} img")
+    before_src = images.first.get_attribute("src") if images.count() else None  # no picture before the first Generate
     count, before = clock.read()
     page.evaluate("args => { window.pictureChanged = (" + PICTURE_CHANGED + ")(args); }", [picture, before_src])
     act()
@@ -102,6 +103,7 @@ def main():
             browser = playwright.chromium.launch(executable_path=chromium, args=[
                 "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            prefetched_before = app.NETWORK_THREAD.prefetched
             page.goto(url, wait_until="domcontentloaded")
             expect(page.locator("#skip-0")).to_be_visible(timeout=60_000)
 
@@ -112,6 +114,11 @@ def main():
             # the page's first click, at its defaults (batch 4), once the server computed it meanwhile; then the
             # same with a seed never asked for (computed)
             generate_clock, generate_button = HandlerClock(demo, app.generate), page.get_by_role("button", name="Generate")
+            deadline = time.monotonic() + 300
+            while app.NETWORK_THREAD.prefetched == prefetched_before:  # the page's load events are still on their way
+                if time.monotonic() > deadline:
+                    raise SystemExit("the page's load prefetched nothing within 300 s")
+                time.sleep(0.01)
             pause()
             results["first Generate, page defaults (batch 4), after a pause"] = timed_input(
                 page, generate_clock, "img-A-x0", generate_button.click)

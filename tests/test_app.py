@@ -488,6 +488,12 @@ def test_every_event_that_reads_the_step_or_sample_slider_leaves_its_range_to_th
     assert [fn.name for fn in readers if fn.preprocess] == []
 
 
+def test_every_element_id_on_the_page_is_unique(tiny_weights):
+    demo = app.build_demo(tiny_weights)
+    ids = [block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)]
+    assert len(ids) > 30 and sorted(i for i in set(ids) if ids.count(i) > 1) == []
+
+
 # ---- B over time, the "when?" tools, sharing and export
 
 
