@@ -130,7 +130,7 @@ processing_utils.save_pil_to_cache = _cache_image_atomically
 # wake. Measured on 2 vCPU: generate took 1.5 s on one thread and 3.1 s on a worker thread once another had run
 # the model. Queued on one thread, the networks also never compete for the cores. While no request waits or
 # runs, a second thread (one core, lowest priority, no OpenMP team) computes the runs one switch away from
-# what a visitor just saw (see _prefetch_next).
+# what a visitor just saw, or the Generate a page just loaded shows (see _prefetch_next, _prefetch_generate).
 NETWORK_THREAD = NetworkThread(thread_name_prefix="networks")
 # Runs larger than the page's defaults (50 steps × batch 4) are not guessed at: each would hold a core for seconds.
 PREFETCH_MAX_STEPS_X_BATCH = 50 * 4

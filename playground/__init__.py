@@ -5,10 +5,11 @@ from .unet import PlaygroundUNet, PlaygroundUNetOutput, feature_group
 from .sampling import (Comparison, DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Trajectory, TrajectoryCache,
                        Window, compare, features_at, load_pipeline, sample)
 from .setup import LESSONS, PlaygroundSetup
+from .network_thread import NetworkThread
 
 __all__ = [
     "Ablation", "Comparison", "DiffusionModel", "PlaygroundUNet", "PlaygroundUNetOutput", "SampleSettings", "Trajectory",
-    "TrajectoryCache",
+    "TrajectoryCache", "NetworkThread",
     "compare", "feature_group", "features_at", "load_pipeline", "sample",
     "HSpaceEdit", "LESSONS", "PlaygroundSetup", "TimestepLie", "Window", "freeu_preset",
 ]
