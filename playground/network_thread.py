@@ -100,12 +100,15 @@ class NetworkThread:
     def idle(self) -> bool:
         """No request waiting or running, no wish left, no prefetch running."""
         with self._changed:
-            return not (self._requests or self._wishes or self._prefetching)
+            return self._idle()
 
     def wait_until_idle(self, timeout: float) -> bool:
         """Block until idle() (True) or `timeout` seconds have passed (False)."""
         with self._changed:
-            return self._changed.wait_for(lambda: not (self._requests or self._wishes or self._prefetching), timeout)
+            return self._changed.wait_for(self._idle, timeout)
+
+    def _idle(self) -> bool:  # with the lock held
+        return not (self._requests or self._wishes or self._prefetching)
 
     def _request(self, fn, args, kwargs):
         try:
@@ -124,7 +127,10 @@ class NetworkThread:
     def _prefetch_forever(self) -> None:
         use_threads(1)
         if sys.platform.startswith("linux"):  # on Linux a thread's id names it to setpriority; elsewhere it would be the process
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+            except OSError:  # a sandbox that forbids it: guesses at normal priority still pause for every request
+                logger.warning("could not lower the prefetch thread's priority", exc_info=True)
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._exiting or (self._wishes and not self._requests))
