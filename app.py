@@ -128,7 +128,9 @@ processing_utils.save_pil_to_cache = _cache_image_atomically
 # a second thread (Gradio runs each event on one of its worker threads) has its own team, libgomp counts more
 # threads than cores, stops spinning between parallel regions, and every convolution waits for its workers to
 # wake. Measured on 2 vCPU: generate took 1.5 s on one thread and 3.1 s on a worker thread once another had run
-# the model. Queued on one thread, the networks also never compete for the cores. While no request waits or
+# the model; a batch-16 GIF export on a worker thread took every later guided step from 16-24 ms to 36-38 ms.
+# So the events that do not queue here (a scrub, the exports) run with one torch thread (`user_errors`), which
+# forms no team. Queued on one thread, the networks also never compete for the cores. While no request waits or
 # runs, a second thread (one core, lowest priority, no OpenMP team) computes the runs one switch away from
 # what a visitor just saw, or the Generate a page just loaded shows (see _prefetch_next, _prefetch_generate).
 NETWORK_THREAD = NetworkThread(thread_name_prefix="networks")
@@ -141,11 +143,15 @@ def on_network_thread(handler):
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
-        if threading.current_thread().name.startswith("networks"):  # this thread or PAIR_THREAD, below
+        if _on_a_network_thread():
             return handler(*args, **kwargs)  # already there, or waited on by it: queuing would deadlock
         return NETWORK_THREAD.submit(contextvars.copy_context().run, handler, *args, **kwargs).result()
 
     return wrapped
+
+
+def _on_a_network_thread() -> bool:
+    return threading.current_thread().name.startswith("networks")  # NETWORK_THREAD or PAIR_THREAD, below
 
 
 # A and B side by side. At batch 1-2 one 28×28 network cannot keep two cores busy (a guided step takes 14 ms
@@ -190,10 +196,13 @@ def user_errors(handler):
 
     Every input is checked before it reaches the library, so anything else is a bug: it is logged, and the
     visitor gets a sentence instead of Gradio's bare "Error" (the tests treat InternalError as a failure).
+    Every event goes through here, so this is also where Gradio's thread gets its one torch thread (NETWORK_THREAD).
     """
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
+        if not _on_a_network_thread():
+            use_threads(1)
         try:
             return handler(*args, **kwargs)
         except gr.Error:

@@ -299,7 +299,10 @@ def main():
         }
         plan = [(0, api_name, list(arguments)) for requests in events.values() for api_name, arguments in requests]
         pause_before = range(len(plan) - args.repeats, len(plan))
-        peers = bare_peers(app, app.ModelRegistry(ROOT / "weights").get("mnist"), ablation_seed=args.repeats - 1)
+        # loaded on the network thread: loading on this one would give it an OpenMP team, and every network after it
+        # would run ~2x slower (app.NETWORK_THREAD); until stop 22 it did, and the ablation changes measured 1.5-2.2 s
+        model = app.on_network_thread(lambda: app.ModelRegistry(ROOT / "weights").get("mnist"))()
+        peers = bare_peers(app, model, ablation_seed=args.repeats - 1)
         timings = iter(run_plan(demo, url, plan, peers, pause_before))
         results = {}
         for name, requests in events.items():

@@ -1,6 +1,7 @@
 """The app: handlers called directly, then the real server driven through gradio_client."""
 
 import contextvars
+from concurrent.futures import ThreadPoolExecutor
 import os
 import threading
 
@@ -16,6 +17,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 import app  # noqa: E402
 import playground.sampling  # noqa: E402
 from playground import PlaygroundUNet  # noqa: E402
+from playground.network_thread import use_threads  # noqa: E402
 from playground.registry import ModelRegistry  # noqa: E402
 
 from tiny_weights import TINY_UNET, make_tiny_weights, write_pipeline  # noqa: E402
@@ -722,3 +724,40 @@ def test_a_picture_two_sessions_are_shown_at_once_is_never_served_half_written()
     writer.join()
     assert paths_served == {path}
     assert reads > 10 and not broken_reads, f"{len(broken_reads)} of {reads} reads broken: {broken_reads[:1]}"
+
+
+# ---- one OpenMP team in the process: the network thread's
+
+
+def _threads_python_did_not_start():
+    """OS threads of this process that are not Python threads: libgomp's workers, one per extra thread of a team."""
+    return set(map(int, os.listdir("/proc/self/task"))) - {thread.native_id for thread in threading.enumerate()}
+
+
+def _forms_an_openmp_team(handler, *args):
+    """Call handler(*args) on a fresh thread whose torch count is 2, as a Gradio worker's may be; did a team form?
+
+    Looked at before the thread ends: libgomp lets a team's workers go with the thread that led it."""
+
+    def call():
+        use_threads(2)
+        before = _threads_python_did_not_start()
+        handler(*args)
+        return bool(_threads_python_did_not_start() - before)
+
+    with ThreadPoolExecutor(max_workers=1) as fresh:
+        return fresh.submit(call).result()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the process's threads from Linux's /proc")
+def test_events_off_the_network_thread_form_no_openmp_team(registry, tiny_weights):
+    """A second thread with an OpenMP team makes libgomp count more threads than cores, and from then on every
+    parallel operation of every network waits for its workers to wake: a batch-16 GIF export, run on a Gradio
+    thread, took the flagship's guided step on the network thread from 16-24 ms to 36-38 ms, for the server's
+    lifetime. The events that do not queue for the network thread (a scrub, the exports) use one torch thread."""
+    state, *_ = run_generate(registry, steps=6, batch=app.MAX_BATCH)
+    assert _forms_an_openmp_team(app.export_gif, state, "x̂0 (predicted clean image)")  # the check sees a team
+
+    events = {fn.api_name: fn.fn for fn in app.build_demo(tiny_weights).fns.values()}
+    inputs = {"scrub": (state, 3), "gif": (state, "x̂0 (predicted clean image)"), "export_frames": (state, "A"), "export_tensors": (state, "B")}
+    assert {name: _forms_an_openmp_team(events[name], *args) for name, args in inputs.items()} == dict.fromkeys(inputs, False)
