@@ -1423,9 +1423,17 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
     return demo
 
 
+# Gradio's queue looks for new events every 1 ms, waking its event loop, which takes the GIL and a core from the
+# networks: with both cores busy (A and B side by side) the networks of a generate took 1.43-1.54 s with the served
+# app idle beside them, against 1.12-1.24 s at 2-20 ms (bare runs on the network thread, interleaved, 4 rounds).
+# No public setting; a looser look costs an event at most these seconds before it starts.
+QUEUE_POLL_S = 0.005
+
+
 def serve(demo: gr.Blocks, **launch_options):
     """Queue and launch as the public app does (benchmarks and tests call this too, so they measure the same server)."""
     demo.queue(default_concurrency_limit=2, max_size=64)
+    demo._queue.sleep_when_free = QUEUE_POLL_S
     return demo.launch(**{"theme": gr.themes.Soft(), "css": ".gradio-container {max-width: 1400px !important}",
                           "state_session_capacity": STATE_SESSIONS, **launch_options})
 

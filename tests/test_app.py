@@ -431,6 +431,22 @@ def served(tiny_weights):
     demo.close()
 
 
+def test_the_served_queue_looks_for_events_every_few_milliseconds(tiny_weights):
+    """Gradio's queue looks every 1 ms, which took ~25 % from two networks running side by side (app.QUEUE_POLL_S)."""
+    import inspect
+
+    import gradio.queueing
+
+    # the setting serve() overrides is still the one the queue's loop reads (a renamed one would be a dead attribute)
+    assert "await asyncio.sleep(self.sleep_when_free)" in inspect.getsource(gradio.queueing.Queue.start_processing)
+    demo = app.build_demo(tiny_weights)
+    app.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        assert demo._queue.sleep_when_free == app.QUEUE_POLL_S > 0.001
+    finally:
+        demo.close()
+
+
 def test_every_event_is_listed_in_the_api(served):
     endpoints = Client(served, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/generate", "/ablate", "/scrub", "/features", "/numbers", "/gif"} <= set(endpoints)
