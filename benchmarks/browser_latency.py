@@ -66,8 +66,8 @@ class HandlerClock:
         return sum(r.count for r in records), sum(r.process_time for r in records)
 
 
-def timed_input(page, clock, picture, act):
-    """Run `act` (one input) and return (browser ms until `picture` changed, server ms of the event it started)."""
+def timed_input(page, clock, picture, act, event):
+    """Run `act` (one input of `event`) and return (browser ms until `picture` changed, server ms of the event it started)."""
     images = page.locator(f"#{picture} img")
     before_src = images.first.get_attribute("src") if images.count() else None  # no picture before the first Generate
     count, before = clock.read()
@@ -75,11 +75,11 @@ def timed_input(page, clock, picture, act):
     act()
     browser_ms = page.evaluate("window.pictureChanged")
     if browser_ms < 0:
-        raise SystemExit(f"#{picture} did not change within 30 s")
+        raise SystemExit(f"{event}: #{picture} did not change within 30 s")
     deadline = time.monotonic() + 30
     while clock.read()[0] == count:  # the queue books the time just after sending the result
         if time.monotonic() > deadline:
-            raise SystemExit("the server booked no time for the event")
+            raise SystemExit(f"{event}: the server booked no time for the event")
         time.sleep(0.001)
     return browser_ms, (clock.read()[1] - before) * 1e3
 
@@ -120,13 +120,14 @@ def main():
                     raise SystemExit("the page's load prefetched nothing within 300 s")
                 time.sleep(0.01)
             pause()
-            results["first Generate, page defaults (batch 4), after a pause"] = timed_input(
-                page, generate_clock, "img-A-x0", generate_button.click)
+            event = "first Generate, page defaults (batch 4), after a pause"
+            results[event] = timed_input(page, generate_clock, "img-A-x0", generate_button.click, event)
             expect(page.locator("#feature-caption")).to_contain_text("mid_block", timeout=60_000)
             seed = page.locator("#seed input")
             seed.fill("1")
             seed.press("Tab")
-            results["Generate, page defaults but seed 1 (computed)"] = timed_input(page, generate_clock, "img-A-x0", generate_button.click)
+            event = "Generate, page defaults but seed 1 (computed)"
+            results[event] = timed_input(page, generate_clock, "img-A-x0", generate_button.click, event)
             expect(page.locator("#feature-caption")).to_contain_text("mid_block", timeout=60_000)
             pause()
             batch = page.get_by_label("number input for Batch")
@@ -177,7 +178,7 @@ def main():
                 for i in range(args.repeats):
                     if before is not None:
                         before()
-                    pairs.append(timed_input(page, clock, picture, action(i)))
+                    pairs.append(timed_input(page, clock, picture, action(i), f"{name}, input {i + 1}"))
                     page.wait_for_timeout(300)  # the event's follow-ups (the maps after a rerun) are over
                 results[name] = [statistics.median(values) for values in zip(*pairs)]
             browser.close()
