@@ -187,10 +187,9 @@ def serve(weights: Path, port: int, sessions: int) -> None:
     import app
 
     demo = app.build_demo(weights)
-    demo.queue(default_concurrency_limit=2, max_size=max(64, 4 * sessions))
     # room for every session of the test at once: the eviction of older sessions is tested elsewhere
-    demo.launch(server_name="127.0.0.1", server_port=port, quiet=True,
-                state_session_capacity=max(app.STATE_SESSIONS, 2 * sessions))
+    app.serve(demo, queue_size=max(64, 4 * sessions), server_name="127.0.0.1", server_port=port, quiet=True,
+              state_session_capacity=max(app.STATE_SESSIONS, 2 * sessions))
 
 
 def percentile(values: list[float], share: float) -> float:
