@@ -490,9 +490,8 @@ def served(tiny_weights):
         demo = app.build_demo(tiny_weights)
     finally:
         app.STATE_TTL_SECONDS = ttl
-    demo.queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                            state_session_capacity=CAPACITY)
+    _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                          state_session_capacity=CAPACITY)
     yield demo, url
     demo.close()
 
