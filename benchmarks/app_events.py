@@ -5,10 +5,12 @@
 1. Cold start: `python app.py` in a fresh process (imports, model loading) until the first page is served.
 2. Events: the app is built and launched in this process on loopback and driven with gradio_client. Every
    request's settings are new to the server (it keeps the trajectories it computed and answers a repeated
-   request from them, and computes the runs one switch away in its idle time), except in the last two events:
-   one repeats the ablation changes, the other sends each change, one switch from the last, only once the
-   server is idle again (a visitor who looks before switching). The events before those come one right after
-   another, so prefetching only ever gives way to them (one step of a run on one core). For each
+   request from them, and computes the runs one switch away in its idle time), except in the last three events:
+   one repeats the ablation changes, one sends each change, one switch from the last, only once the server is
+   idle again (a visitor who looks before switching), and one sends the switch the server guesses first half a
+   second after the change before it (a visitor who switches while the guess is part-way; those changes before
+   it are counted with the computed ones). The other events come one right after another, so prefetching
+   only ever gives way to them (one step of a run on one core). For each
    event it prints the median **server-side** time — Gradio's own queue timer around preprocessing, the
    handler and postprocessing (image encoding), which is what the performance targets mean — beside the
    client's round trip (that adds the event stream, polling and file download of a loopback client).
@@ -39,8 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PREFETCHED = "ablation change, one switch away after a pause"
+MID_GUESS = "ablation change, one switch away mid-guess"
 TARGETS = {"generate A+B": 1.5, "scrub": 0.05, "feature view": 0.15, "ablation change": 1.0, "ablation change, seen before": 1.0,
-           PREFETCHED: 1.0}
+           PREFETCHED: 1.0, MID_GUESS: 1.0}
 NO_SKIP_AT_FIRST = (0, 1, 1, 1, 1)  # B really differs from A, so generate runs both networks
 EVENT_DIGIT, EVENT_GUIDANCE = 7, 1.5
 
@@ -97,8 +100,9 @@ import json, sys, time
 from gradio_client import Client
 url, plan = sys.argv[1], json.loads(sys.argv[2])
 sessions = {}
-for session, api_name, args in plan:
+for session, api_name, args, delay in plan:
     client = sessions.get(session) or sessions.setdefault(session, Client(url, verbose=False))
+    time.sleep(delay)  # a visitor who looks that long before the next input
     started = time.perf_counter()
     client.predict(*args, api_name=api_name)
     print(time.perf_counter() - started, flush=True)
@@ -107,7 +111,8 @@ for session, api_name, args in plan:
 
 
 def run_plan(demo, url, plan, peers=None, pause_before=()):
-    """[(session, api_name, args)] sent one at a time; returns [(server seconds, client seconds, peer seconds, pause
+    """[(session, api_name, args, delay)] sent one at a time, each `delay` seconds after the one before was answered
+    (and its peer run); returns [(server seconds, client seconds, peer seconds, pause
     seconds)] per request. peers: api_name -> peer(the request's arguments) -> seconds, run after that request (else
     None). pause_before: indices of requests sent only once the server is idle (its prefetching done); the pause is
     how long that took (else None)."""
@@ -119,7 +124,7 @@ def run_plan(demo, url, plan, peers=None, pause_before=()):
     clocks, results = {}, []
     try:
         pause = None
-        for index, (_, api_name, arguments) in enumerate(plan):
+        for index, (_, api_name, arguments, _) in enumerate(plan):
             clock = clocks.get(api_name) or clocks.setdefault(api_name, ServerClock(demo, api_name))
             count, before = clock.read()
             line = child.stdout.readline()
@@ -266,6 +271,17 @@ def one_switch_chain(scale_28, count):
     return chain
 
 
+def mid_guess_pairs(count):
+    """`count` pairs: an ablation change no earlier request used (the 7x7 skips at a new scale), then the switch
+    the server guesses first from there (the 28x28 skips off; Ablation.one_switch_away's order)."""
+    pairs = []
+    for i in range(count):
+        scale_7 = round(0.55 + 0.05 * i, 2)
+        pairs.append((["mnist", "A with the ablation", 1, 1, scale_7, 1, 1, [], False, 25],
+                      ["mnist", "A with the ablation", 0, 1, scale_7, 1, 1, [], False, 25]))
+    return pairs
+
+
 def generate_args(seed, batch, skips):
     return ("mnist", "A with the ablation", str(EVENT_DIGIT), EVENT_GUIDANCE, seed, "ddim", 50, batch, *skips, [], False)
 
@@ -274,6 +290,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5, help="requests of each network event (4x and 2x for the views)")
     p.add_argument("--sessions", type=int, default=6, help="sessions per round of the memory check")
+    p.add_argument("--mid-guess-delay", type=float, default=0.5,
+                   help="seconds between an ablation change and the switch sent while the server is guessing it")
     args = p.parse_args()
 
     cold = cold_start_seconds()
@@ -287,26 +305,31 @@ def main():
                           state_session_capacity=args.sessions)
     try:
         host = {threads: guided_step_ms(app, threads) for threads in (1, 2)}
-        events = {
-            "generate A+B": [("/generate", generate_args(i, 1, NO_SKIP_AT_FIRST)) for i in range(args.repeats)],
-            "scrub": [("/scrub", [i * 7 % 50]) for i in range(args.repeats * 4)],
-            "feature view": [("/features", [i * 7 % 50, "mid_block.attentions.0", 0, "block"]) for i in range(args.repeats * 2)],
-            "ablation change": [("/ablate", ablate_args(i)) for i in range(args.repeats)],
+        events = {  # name -> [(api_name, arguments, seconds to wait before sending)]
+            "generate A+B": [("/generate", generate_args(i, 1, NO_SKIP_AT_FIRST), 0) for i in range(args.repeats)],
+            "scrub": [("/scrub", [i * 7 % 50], 0) for i in range(args.repeats * 4)],
+            "feature view": [("/features", [i * 7 % 50, "mid_block.attentions.0", 0, "block"], 0) for i in range(args.repeats * 2)],
+            "ablation change": [("/ablate", ablate_args(i), 0) for i in range(args.repeats)],
             # the same changes again: the server kept those B trajectories (playground.TrajectoryCache)
-            "ablation change, seen before": [("/ablate", ablate_args(i)) for i in range(args.repeats)],
+            "ablation change, seen before": [("/ablate", ablate_args(i), 0) for i in range(args.repeats)],
             # a visitor who looks before switching: the server computed the runs one switch away meanwhile
-            PREFETCHED: [("/ablate", a) for a in one_switch_chain(ablate_args(args.repeats - 1)[2], args.repeats)],
+            PREFETCHED: [("/ablate", a, 0) for a in one_switch_chain(ablate_args(args.repeats - 1)[2], args.repeats)],
         }
-        plan = [(0, api_name, list(arguments)) for requests in events.values() for api_name, arguments in requests]
-        pause_before = range(len(plan) - args.repeats, len(plan))
+        plan = [(name, api_name, arguments, delay) for name, requests in events.items() for api_name, arguments, delay in requests]
+        pause_before = {index for index, (name, *_) in enumerate(plan) if name == PREFETCHED}
+        # a visitor who switches while the server is part-way through guessing that switch: its request goes on from
+        # the guess's steps
+        for change, switch in mid_guess_pairs(args.repeats):
+            plan += [("ablation change", "/ablate", change, 0), (MID_GUESS, "/ablate", switch, args.mid_guess_delay)]
         # loaded on the network thread: loading on this one would give it an OpenMP team, and every network after it
         # would run ~2x slower (app.NETWORK_THREAD); until stop 22 it did, and the ablation changes measured 1.5-2.2 s
         model = app.on_network_thread(lambda: app.ModelRegistry(ROOT / "weights").get("mnist"))()
         peers = bare_peers(app, model, ablation_seed=args.repeats - 1)
-        timings = iter(run_plan(demo, url, plan, peers, pause_before))
+        timings = run_plan(demo, url, [(0, api_name, list(arguments), delay) for _, api_name, arguments, delay in plan],
+                           peers, pause_before)
         results = {}
-        for name, requests in events.items():
-            server, client, peer, pause = zip(*[next(timings) for _ in requests])
+        for name in [*events, MID_GUESS]:
+            server, client, peer, pause = zip(*[timing for (named, *_), timing in zip(plan, timings) if named == name])
             bare = None if peer[0] is None else statistics.median(peer)
             ratio = None if bare is None else statistics.median(s / p for s, p in zip(server, peer))
             results[name] = statistics.median(server), statistics.median(client), bare, ratio
@@ -317,7 +340,7 @@ def main():
         rounds = []
         for round_number in range(3):
             sessions = range((round_number + 1) * 100, (round_number + 1) * 100 + args.sessions)
-            run_plan(demo, url, [(s, "/generate", list(generate_args(s, app.MAX_BATCH, NO_SKIP_AT_FIRST))) for s in sessions])
+            run_plan(demo, url, [(s, "/generate", list(generate_args(s, app.MAX_BATCH, NO_SKIP_AT_FIRST)), 0) for s in sessions])
             gc.collect()
             rounds.append(rss_mib())
     finally:
@@ -335,6 +358,8 @@ def main():
           "what the app adds to its networks, whatever the host's speed)")
     print(f"{PREFETCHED}: each sent once the server had computed every run one switch away from the one before, "
           f"which took it {statistics.median(pauses):.1f} s (median; {min(pauses):.1f}-{max(pauses):.1f} s) of idle time")
+    print(f"{MID_GUESS}: each sent {args.mid_guess_delay} s after the change before it was answered (and its peer run), "
+          "while the server was guessing it")
     print(f"state held per session (A and B, batch {app.MAX_BATCH}, 50 steps): {held_per_session:.1f} MiB (target 50)")
     print(f"server resident memory after each of three rounds of {args.sessions} new sessions at batch {app.MAX_BATCH} "
           f"(room for {args.sessions} states): " + ", ".join(f"{r:.0f} MiB" for r in rounds))

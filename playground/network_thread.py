@@ -5,8 +5,10 @@ takes a second or more on two cores, but the server is idle while the visitor lo
 handler names the runs one switch away (`prefetch`), and they are computed into the shared `TrajectoryCache`
 while no request is waiting or running; the switch, when it comes, is answered from the cache.
 
-Requests always come first. A prefetch pauses at its next step the moment a request is submitted, and goes
-on from there once no request is left (or stops, if a request computed the same run meanwhile). It runs on
+Requests always come first. A prefetch stops before its next step the moment a request is submitted, and the
+request waits for that (one step of a run on one core, 20-40 ms); the steps done are kept in the cache, so the
+prefetch goes on from them once no request is left, and a request for that very run goes on from them at once,
+on both cores (a visitor who switches before the guess is finished still waits only for the steps left). It runs on
 one core at the lowest scheduling priority: at normal priority, Gradio's threads that encode a scrub's
 pictures lost the cores to it (a scrub took 62 ms server side instead of 37; at the lowest, 33-39 ms). A
 trajectory is a pure function of model and settings (bit for bit on one thread or two, on the hosts we
@@ -41,18 +43,11 @@ def use_threads(count: int) -> None:
     torch.set_num_threads(count)
 
 
-class _KeptMeanwhile(Exception):
-    """Raised inside a prefetch's progress callback: a request computed this very run while the prefetch paused."""
-
-
-class _Exiting(Exception):
-    """Raised inside a prefetch's progress callback: the interpreter is exiting."""
-
-
 class NetworkThread:
     """Requests on one worker thread, in order; wishes on another, only while no request is waiting or running.
 
-    submit(fn, ...): a request. It runs at once unless another request is before it.
+    submit(fn, ...): a request. It runs as soon as no other request is before it and a prefetch in progress has
+        stopped (before its next step).
     prefetch(cache, [(model, settings), ...]): wishes, most likely first (at most `max_wishes`); they replace
         the earlier ones, and a run already in the cache is skipped.
     The networks of one request may use both cores (an OpenMP team); a prefetch uses one thread, which forms
@@ -70,6 +65,7 @@ class NetworkThread:
         self._changed = threading.Condition()
         self._requests = 0  # submitted and not finished
         self._wishes: deque[tuple[TrajectoryCache, DiffusionModel, SampleSettings]] = deque()
+        self._wish_lists = 0  # how many times the wishes were replaced: a stopped guess goes back only to its own list
         self._prefetching = False
         self._exiting = False
         self._prefetcher: threading.Thread | None = None  # started with the first wish
@@ -85,6 +81,7 @@ class NetworkThread:
             # the earlier wishes were about a state its visitor has left (or, on a busy server, another visitor's,
             # and a busy server has no idle time to spend on them anyway)
             self._wishes = deque((cache, model, settings) for model, settings in runs[: self.max_wishes])
+            self._wish_lists += 1
             if self._prefetcher is None:
                 # a daemon, so exit never waits for a guess; but stopped at its next step before the interpreter
                 # is torn down under it (torch aborts the process if a thread is still inside it then)
@@ -112,6 +109,8 @@ class NetworkThread:
 
     def _request(self, fn, args, kwargs):
         try:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._prefetching)  # its steps kept, for this request to go on from
             return fn(*args, **kwargs)
         finally:
             with self._changed:
@@ -129,38 +128,31 @@ class NetworkThread:
         if sys.platform.startswith("linux"):  # on Linux a thread's id names it to setpriority; elsewhere it would be the process
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-            except OSError:  # a sandbox that forbids it: guesses at normal priority still pause for every request
+            except OSError:  # a sandbox that forbids it: guesses at normal priority still stop for every request
                 logger.warning("could not lower the prefetch thread's priority", exc_info=True)
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._exiting or (self._wishes and not self._requests))
                 if self._exiting:
                     return
-                cache, model, settings = self._wishes.popleft()
+                wish = self._wishes.popleft()
+                wish_list = self._wish_lists
                 self._prefetching = True
+            cache, model, settings = wish
+            stopped = False
             try:
                 if cache.get(model, settings) is None:
-                    cache.sample(model, settings, self._pause_for_requests(cache, model, settings))
-                    self.prefetched += 1
-            except (_KeptMeanwhile, _Exiting):
-                pass
+                    stopped = not cache.sample(model, settings, should_stop=self._give_way).complete
+                    self.prefetched += not stopped
             except Exception:  # a failed guess costs nothing: the request, if it comes, reports its own error
                 logger.debug("prefetch of %s failed", settings, exc_info=True)
             finally:
                 with self._changed:
+                    if stopped and wish_list == self._wish_lists:  # still wished for: first again, from where it stopped
+                        self._wishes.appendleft(wish)
                     self._prefetching = False
                     self._changed.notify_all()
 
-    def _pause_for_requests(self, cache, model, settings):
-        """The prefetch's progress callback, called between its steps."""
-
-        def pause(step: int, steps: int) -> None:
-            if self._requests:
-                with self._changed:
-                    self._changed.wait_for(lambda: self._exiting or not self._requests)
-                if cache.get(model, settings) is not None:
-                    raise _KeptMeanwhile
-            if self._exiting:
-                raise _Exiting
-
-        return pause
+    def _give_way(self) -> bool:
+        """The prefetch's `should_stop`, asked before each of its steps."""
+        return bool(self._requests) or self._exiting

@@ -13,7 +13,8 @@ Three interventions act on chosen steps only, so one can ask *when* a part of th
 - `timestep_lie`: the model is told t' (t + offset, or a fixed t') while the scheduler steps at the true t;
 - `h_edit`: a direction added to the bottleneck's output (h-space) during its own window.
 `sample(..., reuse=intact)` copies the steps before the first intervened step from an earlier
-trajectory instead of recomputing them (they are identical), and replays the scheduler over them.
+trajectory instead of recomputing them (they are identical), and replays the scheduler over them. The same
+goes on from a run stopped part-way (`should_stop`): `TrajectoryCache` keeps such a run and resumes it.
 """
 
 from __future__ import annotations
@@ -253,6 +254,7 @@ class Trajectory:
     eps: torch.Tensor
     x0: torch.Tensor
     features: dict[int, dict[str, torch.Tensor]]
+    complete: bool = True  # False: stopped part-way (stop_after, should_stop); `final` is the next step's input
 
     @property
     def final(self) -> torch.Tensor:
@@ -327,22 +329,32 @@ def _reusable_steps(model: DiffusionModel, settings: SampleSettings, calls: list
                              f"({getattr(reuse.settings, name)!r}, not {getattr(settings, name)!r})")
     reused_calls = _step_calls(reuse.settings, reuse.timesteps, num_train_timesteps)
     steps = 0
-    while steps < len(calls) and calls[steps] == reused_calls[steps] and (
+    while steps < min(len(calls), len(reused_calls)) and calls[steps] == reused_calls[steps] and (
             steps not in settings.capture_steps or steps in reuse.features):
         steps += 1
     return steps
 
 
+def _steps_to_copy(model: DiffusionModel, settings: SampleSettings, reuse: Trajectory) -> int:
+    """How many leading steps `sample(model, settings, reuse=reuse)` would copy from `reuse` instead of computing."""
+    scheduler = make_scheduler(model, settings.sampler, settings.steps)
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    calls = _step_calls(settings, scheduler.timesteps, num_train_timesteps)
+    return _reusable_steps(model, settings, calls, reuse, num_train_timesteps)
+
+
 @torch.inference_mode()
 def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, reuse: Trajectory | None = None,
-           stop_after: int | None = None) -> Trajectory:
+           stop_after: int | None = None, should_stop=None) -> Trajectory:
     """Run the reverse process and keep every step. `progress(i, steps)` is called after each step.
 
     reuse: an earlier trajectory of the same model, sampler, steps, seed, batch, label and guidance
-    (e.g. the intact run). Its steps up to the first one this run does differently are copied instead of
-    recomputed; the result is bit-identical to a run without `reuse`.
+    (e.g. the intact run, or this very run stopped part-way). Its steps up to the first one this run does
+    differently are copied instead of recomputed; the result is bit-identical to a run without `reuse`.
     stop_after: stop after this step index (for probes that need one step's features); the trajectory then
     holds steps 0..stop_after only, and its `final` is the next step's input, not a finished sample.
+    should_stop: called before each step is computed; True stops the run there, as `stop_after` would (the
+    trajectory holds the steps done, possibly none, and `complete` is False).
     """
     scheduler = make_scheduler(model, settings.sampler, settings.steps)
     unet = model.unet
@@ -387,6 +399,9 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
             x = scheduler.step(eps_all[i].to(x.device), timesteps[i], x, **step_kwargs).prev_sample
 
     for i in range(first, end):
+        if should_stop is not None and should_stop():
+            end = i
+            break
         t, call = timesteps[i], calls[i]
         x_t[i] = x
         model_input = torch.cat([x, x]) if guided else x
@@ -409,7 +424,7 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
         raise FloatingPointError("the reverse process produced NaN or infinite values")
     if end < steps:
         timesteps, x_t, eps_all, x0_all = timesteps[:end], x_t[:end + 1].clone(), eps_all[:end].clone(), x0_all[:end].clone()
-    return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features)
+    return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features, complete=end == steps)
 
 
 class TrajectoryCache:
@@ -420,6 +435,8 @@ class TrajectoryCache:
     ablation switched off again after a look at another. Least recently used out first. Not kept: settings
     with an h-space edit (edits compare by identity, so no later request would equal them) and trajectories
     larger than the whole budget. Callers must treat a trajectory as read-only: it may be shared.
+    A run stopped part-way (`should_stop`: the app's guesses stop for every request) is kept as well, within
+    the same budget, and the next `sample` of that run goes on from where it stopped; `get` never returns one.
     Thread-safe; two callers asking for the same new trajectory at once both compute it.
     """
 
@@ -434,34 +451,56 @@ class TrajectoryCache:
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Finished trajectories kept."""
+        with self._lock:
+            return sum(trajectory.complete for _, trajectory in self._entries.values())
 
     def get(self, model: DiffusionModel, settings: SampleSettings) -> Trajectory | None:
         key = (id(model), settings)
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is None or not entry[1].complete:
                 return None
             self._entries.move_to_end(key)
             return entry[1]
 
     def sample(self, model: DiffusionModel, settings: SampleSettings, progress=None, *,
-               reuse: Trajectory | None = None) -> Trajectory:
-        """`sample(model, settings, progress, reuse=reuse)`, or the trajectory it returned before."""
-        trajectory = self.get(model, settings)
-        if trajectory is None:
-            trajectory = sample(model, settings, progress, reuse=reuse)
-            self._keep(model, settings, trajectory)
+               reuse: Trajectory | None = None, should_stop=None) -> Trajectory:
+        """`sample(model, settings, progress, reuse=reuse, should_stop=should_stop)`, or the trajectory it returned
+        before. Without `should_stop` the trajectory is always finished, even if it went on from a stopped one."""
+        key = (id(model), settings)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1].complete:
+                self._entries.move_to_end(key)
+                return entry[1]
+            if entry is not None:  # this caller goes on from the stopped run, and keeps whatever it gets to
+                del self._entries[key]
+                self.bytes -= entry[1].nbytes()
+        stopped = None if entry is None else entry[1]
+        try:
+            if stopped is not None and (reuse is None or len(stopped) >= _steps_to_copy(model, settings, reuse)):
+                reuse = stopped
+            trajectory = sample(model, settings, progress, reuse=reuse, should_stop=should_stop)
+        except BaseException:
+            if stopped is not None:  # the steps it had are still good
+                self._keep(model, settings, stopped)
+            raise
+        self._keep(model, settings, trajectory)
         return trajectory
 
     def _keep(self, model: DiffusionModel, settings: SampleSettings, trajectory: Trajectory) -> None:
         size = trajectory.nbytes()
-        if settings.h_edit is not None or size > self.max_bytes:
+        if settings.h_edit is not None or size > self.max_bytes or len(trajectory) == 0:
             return
         key = (id(model), settings)
         with self._lock:
-            if key in self._entries:
-                return
+            kept = self._entries.get(key)
+            if kept is not None:
+                if len(kept[1]) >= len(trajectory):  # as far along already (a finished one is the furthest)
+                    return
+                del self._entries[key]
+                self.bytes -= kept[1].nbytes()
             self._entries[key] = (model, trajectory)
             self.bytes += size
             while self.bytes > self.max_bytes:

@@ -181,6 +181,30 @@ def test_stop_after_keeps_the_first_steps_of_the_full_run(model):
         sample(model, settings, stop_after=6)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_a_run_stopped_part_way_goes_on_from_its_steps_bit_for_bit(model, sampler):
+    settings = SampleSettings(sampler=sampler, steps=6, seed=2, batch=2, label=(4, 5), capture_steps=(1, 4))
+    full = sample(model, settings)
+    asked = []
+    stopped = sample(model, settings, should_stop=lambda: asked.append(len(asked)) or len(asked) > 3)
+    assert not stopped.complete and full.complete and len(asked) == 4  # asked before each step; the 4th is not run
+    assert len(stopped) == 3 and torch.equal(stopped.x_t, full.x_t[:4]) and torch.equal(stopped.x0, full.x0[:3])
+    assert list(stopped.features) == [1]
+    calls = []
+    resumed = sample(model, settings, progress=lambda i, n: calls.append(n), reuse=stopped)
+    assert calls == [3, 3, 3] and resumed.complete  # steps 3..5 only
+    for name in ("timesteps", "x_t", "eps", "x0"):
+        assert torch.equal(getattr(resumed, name), getattr(full, name)), name
+    assert torch.equal(resumed.features[4][BOTTLENECK], full.features[4][BOTTLENECK])
+
+
+def test_a_run_stopped_before_its_first_step_holds_only_the_starting_noise(model):
+    settings = SampleSettings(steps=4, seed=3, batch=2)
+    stopped = sample(model, settings, should_stop=lambda: True)
+    assert len(stopped) == 0 and not stopped.complete
+    assert torch.equal(stopped.final, sample(model, settings).x_t[0])
+
+
 def test_reuse_refuses_a_trajectory_from_different_noise(model):
     intact = sample(model, SampleSettings(steps=4, seed=1, batch=2))
     with pytest.raises(ValueError, match="reuse.*seed"):

@@ -46,6 +46,18 @@ def recording_forward(model, monkeypatch, before_each=None):
     return calls
 
 
+def first_step_held():
+    """(in_first_step, finish_first_step, before_each): the first forward sets the one and waits for the other."""
+    in_first_step, finish_first_step = threading.Event(), threading.Event()
+
+    def hold_the_first_step():
+        if not in_first_step.is_set():
+            in_first_step.set()
+            finish_first_step.wait(10)
+
+    return in_first_step, finish_first_step, hold_the_first_step
+
+
 def test_wishes_are_computed_in_idle_time_exactly_as_a_request_would_compute_them(model, network_thread):
     cache = TrajectoryCache(max_bytes=2**22)
     wishes = settings_for(range(3))
@@ -67,51 +79,67 @@ def test_a_run_already_kept_is_not_computed_again(model, network_thread, monkeyp
     assert network_thread.prefetched == 0
 
 
-def test_a_request_does_not_wait_for_a_prefetch_which_pauses_until_no_request_is_left(model, network_thread, monkeypatch):
+def test_a_request_waits_only_for_the_prefetch_step_in_progress_and_the_prefetch_goes_on_from_there_later(
+        model, network_thread, monkeypatch):
     cache = TrajectoryCache(max_bytes=2**22)
-    in_first_step, finish_first_step = threading.Event(), threading.Event()
-
-    def hold_the_first_step():
-        if not in_first_step.is_set():
-            in_first_step.set()
-            finish_first_step.wait(10)
-
+    in_first_step, finish_first_step, hold_the_first_step = first_step_held()
     calls = recording_forward(model, monkeypatch, before_each=hold_the_first_step)
     settings = settings_for([0], steps=12)[0]
     network_thread.prefetch(cache, runs_of(model, [settings]))
     assert in_first_step.wait(10)
-    assert network_thread.submit(lambda: "answered").result(timeout=10) == "answered"  # while the step is held
+    answered = network_thread.submit(lambda: len(calls))
+    with pytest.raises(TimeoutError):
+        answered.result(timeout=0.3)  # the step in progress is held
     request_done = threading.Event()
     running = network_thread.submit(request_done.wait, 10)
     finish_first_step.set()
+    assert answered.result(timeout=10) == 1  # the prefetch stopped before its second step
     assert not network_thread.wait_until_idle(timeout=0.3)
-    assert len(calls) == 1  # the step in progress finished; the next waits for the request
+    assert len(calls) == 1  # no step while a request waits or runs
     request_done.set()
     running.result(10)
     assert network_thread.wait_until_idle(timeout=60)
-    assert len(calls) == 12 and network_thread.prefetched == 1  # went on where it paused: no step run twice
+    assert len(calls) == 12 and network_thread.prefetched == 1  # went on where it stopped: no step run twice
     assert torch.equal(cache.get(model, settings).x_t, sample(model, settings).x_t)
 
 
-def test_a_paused_prefetch_stops_when_a_request_computed_the_same_run(model, network_thread, monkeypatch):
+def test_a_request_for_the_run_a_prefetch_is_computing_goes_on_from_its_steps(model, network_thread, monkeypatch):
     cache = TrajectoryCache(max_bytes=2**22)
     settings = settings_for([0], steps=12)[0]
-    request_may_run, in_first_step = threading.Event(), threading.Event()
+    request_may_run, in_fourth_step = threading.Event(), threading.Event()
 
-    def hold_the_prefetch_at_its_first_step():
-        if threading.current_thread().name.endswith("prefetch") and not in_first_step.is_set():
-            in_first_step.set()
+    def hold_the_prefetch_in_its_fourth_step():
+        if threading.current_thread().name.endswith("prefetch") and len(calls) == 3:
+            in_fourth_step.set()
             request_may_run.wait(10)
 
-    calls = recording_forward(model, monkeypatch, before_each=hold_the_prefetch_at_its_first_step)
+    calls = recording_forward(model, monkeypatch, before_each=hold_the_prefetch_in_its_fourth_step)
     network_thread.prefetch(cache, runs_of(model, [settings]))
-    assert in_first_step.wait(10)
+    assert in_fourth_step.wait(10)
     request = network_thread.submit(cache.sample, model, settings)
     request_may_run.set()
     kept = request.result(10)
     assert network_thread.wait_until_idle(timeout=60)
-    assert cache.get(model, settings) is kept and network_thread.prefetched == 0
-    assert sum(name.endswith("prefetch") for name, _ in calls) == 1
+    assert [name.endswith("prefetch") for name, _ in calls] == [True] * 4 + [False] * 8
+    assert kept.complete and cache.get(model, settings) is kept and network_thread.prefetched == 0
+    full = sample(model, settings)
+    for name in ("x_t", "eps", "x0"):
+        assert torch.equal(getattr(kept, name), getattr(full, name)), name
+
+
+def test_a_stopped_prefetch_the_visitor_moved_on_from_is_dropped(model, network_thread, monkeypatch):
+    cache = TrajectoryCache(max_bytes=2**22)
+    in_first_step, finish_first_step, hold_the_first_step = first_step_held()
+    calls = recording_forward(model, monkeypatch, before_each=hold_the_first_step)
+    left, next_wish = settings_for([0, 1], steps=6)
+    network_thread.prefetch(cache, runs_of(model, [left]))
+    assert in_first_step.wait(10)
+    request = network_thread.submit(lambda: None)  # stops the prefetch after its step in progress ...
+    network_thread.prefetch(cache, runs_of(model, [next_wish]))  # ... and before it stopped, new wishes came
+    finish_first_step.set()
+    request.result(10)
+    assert network_thread.wait_until_idle(timeout=60)
+    assert len(calls) == 1 + 6 and cache.get(model, left) is None and cache.get(model, next_wish) is not None
 
 
 def test_no_prefetch_starts_while_a_request_waits_or_runs(model, network_thread, monkeypatch):

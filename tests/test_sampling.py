@@ -229,6 +229,78 @@ def test_the_cache_keeps_no_h_space_edit_and_nothing_larger_than_its_budget(mode
     assert len(small) == 0 and small.bytes == 0
 
 
+def counting_forward(model, monkeypatch, fail_after=None):
+    """The number of forward calls from now on, in a list; the call after `fail_after` of them raises."""
+    calls, real_forward = [], model.unet.forward
+
+    def forward(*args, **kwargs):
+        if fail_after is not None and len(calls) == fail_after:
+            raise RuntimeError("the model broke")
+        calls.append(1)
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.unet, "forward", forward)
+    return calls
+
+
+def test_a_stopped_run_is_kept_within_the_budget_and_the_next_sample_goes_on_from_it(model, monkeypatch):
+    settings = SampleSettings(steps=5, batch=2, label=None, seed=7)
+    full = sample(model, settings)
+    cache = TrajectoryCache(max_bytes=2**20)
+    calls = counting_forward(model, monkeypatch)
+    stopped = cache.sample(model, settings, should_stop=lambda: len(calls) == 2)
+    assert not stopped.complete and len(stopped) == 2
+    assert cache.get(model, settings) is None and len(cache) == 0 and cache.bytes == stopped.nbytes()
+    finished = cache.sample(model, settings)  # no should_stop: always a finished trajectory
+    assert len(calls) == 5 and finished.complete  # 2 steps by the stopped run, 3 to go on
+    for name in ("x_t", "eps", "x0"):
+        assert torch.equal(getattr(finished, name), getattr(full, name)), name
+    assert cache.get(model, settings) is finished and len(cache) == 1 and cache.bytes == finished.nbytes()
+
+
+def test_a_stopped_run_counts_against_the_budget_like_a_finished_one(model):
+    settings = [SampleSettings(steps=4, batch=1, label=None, seed=seed) for seed in range(2)]
+    cache = TrajectoryCache(max_bytes=sample(model, settings[0]).nbytes())
+    cache.sample(model, settings[0], should_stop=lambda: False)
+    stopped = cache.sample(model, settings[1], should_stop=iter([False, False, True]).__next__)
+    assert len(stopped) == 2 and cache.get(model, settings[0]) is None  # the older, finished one made room
+    assert cache.bytes == stopped.nbytes()
+
+
+def test_a_failure_while_going_on_keeps_the_steps_the_stopped_run_had(model, monkeypatch):
+    settings = SampleSettings(steps=5, batch=1, label=None, seed=8)
+    cache = TrajectoryCache(max_bytes=2**20)
+    calls = counting_forward(model, monkeypatch, fail_after=3)
+    cache.sample(model, settings, should_stop=lambda: len(calls) == 2)
+    with pytest.raises(RuntimeError, match="the model broke"):
+        cache.sample(model, settings)  # fails at its 2nd step
+    monkeypatch.undo()
+    calls = counting_forward(model, monkeypatch)
+    finished = cache.sample(model, settings)
+    assert len(calls) == 3 and torch.equal(finished.x_t, sample(model, settings).x_t)
+
+
+def test_going_on_from_a_stopped_run_or_from_reuse_whichever_has_more_steps(model, monkeypatch):
+    from playground.sampling import make_scheduler
+
+    ts = make_scheduler(model, "ddim", 6).timesteps.tolist()
+    intact = sample(model, SampleSettings(steps=6, batch=1, label=None, seed=9))
+    late = SampleSettings(steps=6, batch=1, label=None, seed=9, ablation=Ablation(skip_scale={14: 0.0}), ablation_window=(0, ts[4]))
+    everywhere = replace(late, ablation_window=None)
+    cache = TrajectoryCache(max_bytes=2**20)
+    calls = counting_forward(model, monkeypatch)
+    for settings in (late, everywhere):
+        cache.sample(model, settings, should_stop=lambda before=len(calls): len(calls) == before + 2)
+    assert len(calls) == 4
+    cache.sample(model, late, reuse=intact)  # the intact run's first 4 steps are late's: they beat the stopped 2
+    assert len(calls) == 4 + 2
+    cache.sample(model, everywhere, reuse=intact)  # the intact run has none of everywhere's: the stopped 2 win
+    assert len(calls) == 6 + 4
+    monkeypatch.undo()
+    for settings in (late, everywhere):
+        assert torch.equal(cache.get(model, settings).x_t, sample(model, settings).x_t)
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "64"])
 def test_the_cache_refuses_a_budget_that_is_not_a_byte_count(bad):
     with pytest.raises(ValueError, match="max_bytes"):
