@@ -28,7 +28,7 @@ CATEGORIES = {  # profiler op name fragments -> what the time is spent on
     "attention": ("scaled_dot_product", "_flash_attention", "bmm", "baddbmm", "softmax"),
     "normalisation": ("group_norm", "native_group_norm", "layer_norm"),
     "activation": ("silu",),
-    "linear (time MLP, projections)": ("addmm", "linear", "mm"),
+    "linear (time MLP, projections, 1x1 shortcuts)": ("addmm", "linear", "mm"),
 }
 
 

@@ -11,8 +11,8 @@ prefetch goes on from them once no request is left, and a request for that very 
 on both cores (a visitor who switches before the guess is finished still waits only for the steps left). It runs on
 one core at the lowest scheduling priority: at normal priority, Gradio's threads that encode a scrub's
 pictures lost the cores to it (a scrub took 62 ms server side instead of 37; at the lowest, 33-39 ms). A
-trajectory is a pure function of model and settings (bit for bit on one thread or two, on the hosts we
-measured), so a prefetched run is the run the request would have computed.
+trajectory is a pure function of model and settings, bit for bit on one thread or two (`unet.PointwiseConv`; a
+test checks it), so a prefetched run is the run the request would have computed.
 """
 
 from __future__ import annotations

@@ -112,6 +112,25 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(self.act(self.linear_1(sinusoid)))
 
 
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 convolution (an nn.Conv2d: same weights, same state-dict names), computed as one matrix product over
+    the channels of every pixel.
+
+    PyTorch picks a 1x1 convolution's kernel by the thread count: oneDNN on two threads, its own path on one (below
+    batch 16), and the two round differently (by ~1e-7; measured on the test models, not the flagship). A run on one
+    thread (a guess computed in the idle time, or A and B side by side) would then differ from the same run on two,
+    and kept runs are served as the run a request would compute. The product is the same on any thread count, and
+    as fast (benchmarks/README.md, stop 23).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last maps are (B, H, W, C) in memory: both permutes are views, not copies
+        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+
+
 class ResnetBlock(nn.Module):
     """GroupNorm → SiLU → conv, time injected, GroupNorm → SiLU → conv, plus the residual path.
 
@@ -130,7 +149,7 @@ class ResnetBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         # A 1x1 conv only where the channel count changes, so the residual can be added.
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
+        self.conv_shortcut = PointwiseConv(in_channels, out_channels) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor, temb_activated: torch.Tensor) -> torch.Tensor:
         """x: (B, C_in, H, W); temb_activated: (B, temb_channels), already through SiLU -> (B, C_out, H, W)."""

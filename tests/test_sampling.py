@@ -23,6 +23,25 @@ def test_same_settings_give_the_same_pixels(model, sampler):
     assert torch.equal(sample(model, settings).final, sample(model, settings).final)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_a_run_is_the_same_to_the_bit_on_one_thread_and_on_two(model, sampler):
+    # the app computes a run on one thread (a guess in the idle time, A and B side by side) or two (alone), and
+    # serves kept runs as the run a request would compute
+    from concurrent.futures import ThreadPoolExecutor
+
+    from playground.network_thread import use_threads
+
+    settings = SampleSettings(sampler=sampler, steps=4, seed=5, batch=2, label=(1, 2), guidance=3.0,
+                              ablation=Ablation(skip_scale={28: 0.5}))
+    runs = []
+    for threads in (1, 2):
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            thread.submit(use_threads, threads).result()
+            runs.append(thread.submit(sample, model, settings).result())
+    for name in ("x_t", "eps", "x0"):
+        assert torch.equal(getattr(runs[0], name), getattr(runs[1], name)), name
+
+
 def test_a_different_seed_gives_different_pixels(model):
     a = sample(model, SampleSettings(steps=3, seed=1, batch=2)).final
     b = sample(model, SampleSettings(steps=3, seed=2, batch=2)).final
