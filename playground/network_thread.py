@@ -5,10 +5,10 @@ takes a second or more on two cores, but the server is idle while the visitor lo
 handler names the runs one switch away (`prefetch`), and they are computed into the shared `TrajectoryCache`
 while no request is waiting or running; the switch, when it comes, is answered from the cache.
 
-Requests always come first. A prefetch stops before its next step the moment a request is submitted, and the
-request waits for that (one step of a run on one core, 20-40 ms); the steps done are kept in the cache, so the
-prefetch goes on from them once no request is left, and a request for that very run goes on from them at once,
-on both cores (a visitor who switches before the guess is finished still waits only for the steps left). It runs on
+Requests always come first. A prefetch stops before its next step the moment a request is submitted, and keeps
+the steps it has done in the cache: it goes on from them once no request is left, and a request for that very run
+goes on from them at once, on both cores (a visitor who switches before the guess is finished waits only for the
+steps left; `TrajectoryCache.sample` has it wait for the guess's step in progress, within a bound). It runs on
 one core at the lowest scheduling priority: at normal priority, Gradio's threads that encode a scrub's
 pictures lost the cores to it (a scrub took 62 ms server side instead of 37; at the lowest, 33-39 ms). A
 trajectory is a pure function of model and settings, bit for bit on one thread or two (`unet.PointwiseConv`; a
@@ -46,8 +46,7 @@ def use_threads(count: int) -> None:
 class NetworkThread:
     """Requests on one worker thread, in order; wishes on another, only while no request is waiting or running.
 
-    submit(fn, ...): a request. It runs as soon as no other request is before it and a prefetch in progress has
-        stopped (before its next step).
+    submit(fn, ...): a request. It runs at once unless another request is before it.
     prefetch(cache, [(model, settings), ...]): wishes, most likely first (at most `max_wishes`); they replace
         the earlier ones, and a run already in the cache is skipped.
     The networks of one request may use both cores (an OpenMP team); a prefetch uses one thread, which forms
@@ -109,8 +108,6 @@ class NetworkThread:
 
     def _request(self, fn, args, kwargs):
         try:
-            with self._changed:
-                self._changed.wait_for(lambda: not self._prefetching)  # its steps kept, for this request to go on from
             return fn(*args, **kwargs)
         finally:
             with self._changed:
@@ -142,7 +139,7 @@ class NetworkThread:
             stopped = False
             try:
                 if cache.get(model, settings) is None:
-                    stopped = not cache.sample(model, settings, should_stop=self._give_way).complete
+                    stopped = not cache.sample(model, settings, should_stop=self._give_way(cache, model, settings)).complete
                     self.prefetched += not stopped
             except Exception:  # a failed guess costs nothing: the request, if it comes, reports its own error
                 logger.debug("prefetch of %s failed", settings, exc_info=True)
@@ -153,6 +150,7 @@ class NetworkThread:
                     self._prefetching = False
                     self._changed.notify_all()
 
-    def _give_way(self) -> bool:
-        """The prefetch's `should_stop`, asked before each of its steps."""
-        return bool(self._requests) or self._exiting
+    def _give_way(self, cache, model, settings):
+        """The prefetch's `should_stop`, asked before each of its steps: a request came, the interpreter is exiting,
+        or a request kept this very run meanwhile (one that did not wait for the guess's step to end)."""
+        return lambda: bool(self._requests) or self._exiting or cache.get(model, settings) is not None

@@ -324,3 +324,9 @@ def test_going_on_from_a_stopped_run_or_from_reuse_whichever_has_more_steps(mode
 def test_the_cache_refuses_a_budget_that_is_not_a_byte_count(bad):
     with pytest.raises(ValueError, match="max_bytes"):
         TrajectoryCache(bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("inf"), True, "1"])
+def test_the_cache_refuses_a_wait_that_is_not_a_number_of_seconds(bad):
+    with pytest.raises(ValueError, match="take_over_wait"):
+        TrajectoryCache(2**20, take_over_wait=bad)
