@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -58,6 +59,18 @@ def first_step_held():
     return in_first_step, finish_first_step, hold_the_first_step
 
 
+def prefetch_step_held(step):
+    """(held, release, before_each): the prefetch thread's `step`-th forward (from 1) sets `held`, then waits for `release`."""
+    held, release, count = threading.Event(), threading.Event(), itertools.count(1)
+
+    def hold_the_prefetch():
+        if threading.current_thread().name.endswith("prefetch") and next(count) == step:
+            held.set()
+            release.wait(10)
+
+    return held, release, hold_the_prefetch
+
+
 def test_wishes_are_computed_in_idle_time_exactly_as_a_request_would_compute_them(model, network_thread):
     cache = TrajectoryCache(max_bytes=2**22)
     wishes = settings_for(range(3))
@@ -102,14 +115,8 @@ def test_a_request_does_not_wait_for_a_prefetch_which_stops_and_later_goes_on_fr
 def test_a_request_for_the_run_a_prefetch_is_computing_goes_on_from_its_steps(model, network_thread, monkeypatch):
     cache = TrajectoryCache(max_bytes=2**22, take_over_wait=10)  # as long as a loaded test machine may need
     settings = settings_for([0], steps=12)[0]
-    request_may_run, in_fourth_step = threading.Event(), threading.Event()
-
-    def hold_the_prefetch_in_its_fourth_step():
-        if threading.current_thread().name.endswith("prefetch") and len(calls) == 3:
-            in_fourth_step.set()
-            request_may_run.wait(10)
-
-    calls = recording_forward(model, monkeypatch, before_each=hold_the_prefetch_in_its_fourth_step)
+    in_fourth_step, request_may_run, hold_the_prefetch = prefetch_step_held(4)
+    calls = recording_forward(model, monkeypatch, before_each=hold_the_prefetch)
     network_thread.prefetch(cache, runs_of(model, [settings]))
     assert in_fourth_step.wait(10)
     request = network_thread.submit(cache.sample, model, settings)
@@ -126,14 +133,8 @@ def test_a_request_for_the_run_a_prefetch_is_computing_goes_on_from_its_steps(mo
 def test_a_request_waits_for_the_guess_of_its_run_only_so_long_then_computes_on_its_own(model, network_thread, monkeypatch):
     cache = TrajectoryCache(max_bytes=2**22, take_over_wait=0.1)
     settings = settings_for([0], steps=12)[0]
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_prefetch_in_its_fourth_step():  # as the lowest priority could on busy cores
-        if threading.current_thread().name.endswith("prefetch") and len(calls) == 3:
-            held.set()
-            release.wait(10)
-
-    calls = recording_forward(model, monkeypatch, before_each=hold_the_prefetch_in_its_fourth_step)
+    held, release, hold_the_prefetch = prefetch_step_held(4)  # as the lowest priority could on busy cores
+    calls = recording_forward(model, monkeypatch, before_each=hold_the_prefetch)
     network_thread.prefetch(cache, runs_of(model, [settings]))
     assert held.wait(10)
     kept = network_thread.submit(cache.sample, model, settings).result(10)  # while the guess's step is held
