@@ -463,13 +463,15 @@ class TrajectoryCache:
             return sum(trajectory.complete for _, trajectory in self._entries.values())
 
     def get(self, model: DiffusionModel, settings: SampleSettings) -> Trajectory | None:
-        key = (id(model), settings)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or not entry[1].complete:
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
+            return self._finished((id(model), settings))
+
+    def _finished(self, key) -> Trajectory | None:  # with the lock held
+        entry = self._entries.get(key)
+        if entry is None or not entry[1].complete:
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
 
     def sample(self, model: DiffusionModel, settings: SampleSettings, progress=None, *,
                reuse: Trajectory | None = None, should_stop=None) -> Trajectory:
@@ -503,12 +505,11 @@ class TrajectoryCache:
         """(the finished trajectory, or a stopped one taken out of the cache, or None; the event of a stoppable
         run of `key` in progress elsewhere, or None). A stoppable caller that finds none in progress registers its own."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[1].complete:
-                self._entries.move_to_end(key)
-                return entry[1], None
+            finished = self._finished(key)
+            if finished is not None:
+                return finished, None
+            entry = self._entries.pop(key, None)
             if entry is not None:
-                del self._entries[key]
                 self.bytes -= entry[1].nbytes()
             in_progress = self._stoppable.get(key)
             if in_progress is None and stoppable:
