@@ -464,6 +464,35 @@ def test_client_generates_scrubs_ablates_and_views_features(served):
     assert "mid_block.attentions.0" in features[-1]
 
 
+def test_network_events_draw_their_figures_on_the_network_thread(served, monkeypatch):
+    """Left to Gradio's postprocessing, a figure is drawn after the handler returns, when the idle-time guesses start
+    and compete with matplotlib for the GIL (app.drawn)."""
+    from matplotlib.figure import Figure
+
+    threads, real_drawn = [], app.drawn
+
+    def recording_drawn(value):
+        if isinstance(value, Figure):
+            threads.append(threading.current_thread().name)
+        return real_drawn(value)
+
+    monkeypatch.setattr(app, "drawn", recording_drawn)
+    *_, drift, numbers = Client(served, verbose=False).predict(
+        "tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 0, 1, 1, 1, 1, [], False, api_name="/generate")
+    assert threads == ["networks_0"]
+    assert drift["type"] == "matplotlib" and drift["plot"].startswith("data:image/png;base64,")
+
+
+def test_a_drawn_figure_is_a_png_for_gr_plot_and_is_closed():
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure()
+    plot = app.drawn(figure)
+    assert plot.type == "matplotlib" and plot.plot.startswith("data:image/png;base64,")
+    assert not plt.fignum_exists(figure.number)
+    assert app.drawn("a table") == "a table"
+
+
 def test_sessions_do_not_share_state(served):
     first, second = Client(served, verbose=False), Client(served, verbose=False)
     first.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
