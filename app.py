@@ -668,7 +668,7 @@ def view_features(registry, state, step, block, sample_index, range_mode):
     def maps_of(trajectory, model_name):
         return lambda: features_at(registry.get(model_name), trajectory, step, sample_index)
 
-    def drawn(features, trajectory, model_name):
+    def pictures_of(features, trajectory, model_name):
         """Three pictures of the block and the caption after the network's label; None pictures if none to show."""
         feature = features.get(block)
         # only the maps the pictures are drawn from are checked (checking all ~40 took 7 ms of a view)
@@ -694,8 +694,8 @@ def view_features(registry, state, step, block, sample_index, range_mode):
     # model shares A's trajectory) is neither run nor drawn again
     same = b is a
     maps_a, maps_b = side_by_side(maps_of(a, state["model_a"]), None if same else maps_of(b, state["model_b"]))
-    pictures_a, caption_a = drawn(maps_a, a, state["model_a"])
-    pictures_b, caption_b = (pictures_a, caption_a) if same else drawn(maps_b, b, state["model_b"])
+    pictures_a, caption_a = pictures_of(maps_a, a, state["model_a"])
+    pictures_b, caption_b = (pictures_a, caption_a) if same else pictures_of(maps_b, b, state["model_b"])
     outputs = pictures_a + pictures_b
     captions = [f"**A** · {caption_a}", f"**B** · {caption_b}"]
     legend = _feature_legend()
