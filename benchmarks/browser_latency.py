@@ -66,6 +66,21 @@ class HandlerClock:
         return sum(r.count for r in records), sum(r.process_time for r in records)
 
 
+def what_the_page_shows(page, clock, count_before, picture, before_src):
+    """Which side a picture that never changed stopped at: the server never booked the event (the page did not send
+    it, or it is still queued or running), or it answered and the picture kept its address or failed to load."""
+    import tempfile
+
+    images = page.locator(f"#{picture} img")
+    after_src = images.first.get_attribute("src") if images.count() else None
+    toasts = page.locator(".toast-body").all_inner_texts()
+    screenshot = Path(tempfile.mkdtemp(prefix="browser-latency-")) / "page.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    return (f"the server booked {clock.read()[0] - count_before} such event(s) meanwhile; the picture's address "
+            f"{'is unchanged' if after_src == before_src else 'changed'} ({after_src!r}); toasts: {toasts or 'none'}; "
+            f"the page: {screenshot}")
+
+
 def timed_input(page, clock, picture, act, event):
     """Run `act` (one input of `event`) and return (browser ms until `picture` changed, server ms of the event it started)."""
     images = page.locator(f"#{picture} img")
@@ -75,7 +90,7 @@ def timed_input(page, clock, picture, act, event):
     act()
     browser_ms = page.evaluate("window.pictureChanged")
     if browser_ms < 0:
-        raise SystemExit(f"{event}: #{picture} did not change within 30 s")
+        raise SystemExit(f"{event}: #{picture} did not change within 30 s; {what_the_page_shows(page, clock, count, picture, before_src)}")
     deadline = time.monotonic() + 30
     while clock.read()[0] == count:  # the queue books the time just after sending the result
         if time.monotonic() > deadline:
