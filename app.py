@@ -494,14 +494,18 @@ def _generate_request(registry, model_a, model_b, digit, guidance, seed, sampler
 
 
 def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
-    """The ablation changed: rerun B only, from the same noise and settings as the cached A."""
+    """The ablation changed: rerun B only, from the same noise and settings as the cached A.
+
+    Before the first Generate there is nothing to rerun: the controls are checked and wait for it, as B's other
+    options do (set_b_options). Setting B up before pressing Generate is how a visitor may well begin."""
     *skip_values, attention_off, time_off, state, step = rest
-    state = _session(state)
     a_model, b_model = _model(registry, model_a, "model A"), _model_b(registry, model_a, model_b)
-    if b_model.name != state["model_b"] or a_model.name != state["model_a"]:
-        raise ValueError("The models changed since the last Generate; press Generate to run both again.")
     options = _options_in(state)
     ablation_b = _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options)
+    if not _has_run(state):
+        return (gr.skip(),) * (1 + STEP_OUTPUTS + NUMBER_OUTPUTS)
+    if b_model.name != state["model_b"] or a_model.name != state["model_a"]:
+        raise ValueError("The models changed since the last Generate; press Generate to run both again.")
     _slider_step(step, state["a"])  # checked before the run, not after a wasted one
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
     b = _finite(_run_b(registry, state["a"], a_model, b_model, ablation_b, report, options), "B")
@@ -550,6 +554,13 @@ def _prefetch_generate(registry, *controls):
     settings_b = _b_settings(registry, settings, b_model, ablation_b, options)
     same = b_model is a_model and settings_b == settings
     NETWORK_THREAD.prefetch(registry.trajectories, [(a_model, settings)] + ([] if same else [(b_model, settings_b)]))
+
+
+def guess_first_generate(registry, *controls):
+    """B's ablation or options were set before the first Generate: the Generate they set up is guessed in the idle
+    time, as a page load's is (generate_if_pending), so the click that follows is answered from it."""
+    if not _has_run(controls[-1]):
+        _prefetch_generate(registry, *controls)
 
 
 def _at(trajectory, step):
@@ -1388,18 +1399,25 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
             event.success(**refresh)
             event.success(**follow)
 
+        guess = dict(fn=networked(guess_first_generate), inputs=generate_inputs, outputs=None, api_name=False, show_progress="hidden")
+
+        def b_changed(event):
+            """B's ablation or options changed: after a run B reran; before the first, the Generate they set up is guessed."""
+            after_run(event)
+            event.success(**guess)
+
         after_run(generate_button.click(networked(generate), generate_inputs, generate_outputs, api_name="generate", **model_events))
         for control in skip_sliders:
-            after_run(control.release(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
+            b_changed(control.release(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
                                       [state, *step_outputs, *number_outputs], api_name="ablate" if control is skip_sliders[0] else False,
                                       **model_events, **reads_run_sliders))
         for control in (attention_off, time_off):
-            after_run(control.input(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
+            b_changed(control.input(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
                                     [state, *step_outputs, *number_outputs], api_name=False, **model_events, **reads_run_sliders))
         option_inputs = [window_from, window_to, lie_mode, lie_value, *freeu_b, *freeu_s, h_on, probe_t, component, strength, h_from, h_to]
         for control in option_inputs:
             trigger = control.input if isinstance(control, (gr.Radio, gr.Checkbox)) else control.release
-            after_run(trigger(networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
+            b_changed(trigger(networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],
                               api_name="b_options" if control is window_from else False, **model_events, **reads_run_sliders))
         after_run(freeu_button.click(bound(freeu_preset_values), [model_a, model_b], [*freeu_b, *freeu_s], api_name="freeu_preset").success(
             networked(set_b_options), [model_a, model_b, *option_inputs, state, step], [state, *step_outputs, *number_outputs],

@@ -161,6 +161,19 @@ def test_a_page_load_computes_the_generate_its_controls_would_run(tiny_weights, 
     assert not state["b"].settings.ablation.is_intact
 
 
+def test_an_ablation_set_before_the_first_generate_is_guessed_with_it(tiny_weights, monkeypatch):
+    registry = ModelRegistry(tiny_weights, prefetch=True)
+    controls = ["tiny", app.SAME_AS_A, app.DIGIT_CHOICES[1], 3, 23, "ddim", 8, 2, 0, *[1] * (app.MAX_SKIP_SLIDERS - 1), [], False]
+    app.guess_first_generate(registry, *controls, None)
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
+    state, *_ = app.generate(registry, *controls, None, progress=NoProgress())  # the click: no network
+    assert not state["b"].settings.ablation.is_intact
+    kept = len(registry.trajectories)
+    app.guess_first_generate(registry, *controls[:8], *[1] * app.MAX_SKIP_SLIDERS, [], False, state)  # after a run: B reran
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120) and len(registry.trajectories) == kept
+
+
 def test_no_run_is_guessed_without_prefetch_nor_beyond_the_page_defaults_nor_for_an_h_space_edit(tiny_weights):
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
     computed_before = app.NETWORK_THREAD.prefetched
@@ -402,6 +415,19 @@ def test_views_before_generate_ask_the_user_to_generate_first(handler, args):
         app.user_errors(handler)(*args)
 
 
+def test_before_the_first_generate_an_ablation_change_waits_for_it_without_an_error(registry):
+    """Setting B up, then pressing Generate, is how a visitor may begin: each control they set must not raise a
+    "Generate first" toast (and an error badge on every picture), as it did."""
+    skips_28_off = [0] + [1] * (app.MAX_SKIP_SLIDERS - 1)
+    outputs = app.user_errors(app.rerun_b)(registry, "tiny", app.SAME_AS_A, *skips_28_off, [SITE], False, None, 50,
+                                           progress=NoProgress())
+    assert len(outputs) == 1 + app.STEP_OUTPUTS + app.NUMBER_OUTPUTS
+    assert all(isinstance(output, type(gr.skip())) for output in outputs)
+    with pytest.raises(gr.Error, match="skip"):  # a bad value is still refused at once
+        app.user_errors(app.rerun_b)(registry, "tiny", app.SAME_AS_A, 7, *skips_28_off[1:], [], False, None, 50,
+                                     progress=NoProgress())
+
+
 def test_unknown_model_and_site_are_refused_by_name(registry):
     with pytest.raises(gr.Error, match="unknown model"):
         app.user_errors(app.generate)(registry, "../../etc", app.SAME_AS_A, app.DIGIT_CHOICES[0], 3, 0, "ddim", 4, 1,
@@ -491,6 +517,11 @@ def test_a_drawn_figure_is_a_png_for_gr_plot_and_is_closed():
     assert plot.type == "matplotlib" and plot.plot.startswith("data:image/png;base64,")
     assert not plt.fignum_exists(figure.number)
     assert app.drawn("a table") == "a table"
+
+
+def test_an_ablation_change_before_any_generate_is_no_error(served):
+    outputs = Client(served, verbose=False).predict("tiny", app.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 8, api_name="/ablate")
+    assert all(output == {"__type__": "update"} for output in outputs)  # every output left as it is: nothing ran yet
 
 
 def test_sessions_do_not_share_state(served):

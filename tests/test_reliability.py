@@ -269,8 +269,6 @@ def _cases():
         for handler, rest in [("scrub", [1]), ("view_features", [1, "mid_block.attentions.0", 0, "block"]),
                               ("compute_numbers", [1]), ("export_gif", ["x_t (noisy input)"])]:
             cases.append((f"{handler}-session-{i}", handler, lambda state, v=value, r=rest: [v, *r], "Generate first"))
-        cases.append((f"rerun_b-session-{i}", "rerun_b",
-                      lambda state, v=value: [*list(rerun_defaults.values()), v, 1], "Generate first"))
     for i, value in enumerate(NOT_A_NAME):
         cases.append((f"ablation_panel-model_a-{i}", "ablation_panel", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
         cases.append((f"block_dropdown-model_a-{i}", "block_dropdown", lambda state, v=value: [v], "model A"))
