@@ -1252,7 +1252,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=1, min_width=300):
                 gr.Markdown("### Ablation of network B\nApplied to every step of B's reverse process. "
-                            "Changing a control reruns B only.")
+                            "Changing a control reruns B only (set before the first Generate, it waits for it).")
                 skip_sliders = [gr.Slider(0, 3, value=1, step=0.05, label=f"skip {i}", visible=False, elem_id=f"skip-{i}")
                                 for i in range(MAX_SKIP_SLIDERS)]
                 # the default model's sites from the start (not only after demo.load): API clients get no load event
