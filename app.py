@@ -139,6 +139,9 @@ processing_utils.save_pil_to_cache = _cache_image_atomically
 NETWORK_THREAD = NetworkThread(thread_name_prefix="networks")
 # Runs larger than the page's defaults (50 steps × batch 4) are not guessed at: each would hold a core for seconds.
 PREFETCH_MAX_STEPS_X_BATCH = 50 * 4
+# A Generate's A and B are guessed taking turns of this many steps (NetworkThread.prefetch), so a click part-way finds
+# both part-done; resuming a run costs about a step's time at most.
+GENERATE_TURN_STEPS = 5
 
 
 def on_network_thread(handler):
@@ -553,12 +556,19 @@ def _prefetch_generate(registry, *controls):
         return
     settings_b = _b_settings(registry, settings, b_model, ablation_b, options)
     same = b_model is a_model and settings_b == settings
-    NETWORK_THREAD.prefetch(registry.trajectories, [(a_model, settings)] + ([] if same else [(b_model, settings_b)]))
+    NETWORK_THREAD.prefetch(registry.trajectories, [(a_model, settings)] + ([] if same else [(b_model, settings_b)]),
+                            turn_steps=GENERATE_TURN_STEPS)
+
+
+def guess_generate(registry, *controls):
+    """A control of Generate changed (digit, seed, guidance, ...): the Generate it sets up is guessed in the idle time,
+    as a page load's is (generate_if_pending), so the click that follows is answered from it."""
+    _prefetch_generate(registry, *controls)
 
 
 def guess_first_generate(registry, *controls):
-    """B's ablation or options were set before the first Generate: the Generate they set up is guessed in the idle
-    time, as a page load's is (generate_if_pending), so the click that follows is answered from it."""
+    """B's ablation or options changed: after a run B reran (and its neighbours are guessed); before the first
+    Generate, the Generate they set up is guessed."""
     if not _has_run(controls[-1]):
         _prefetch_generate(registry, *controls)
 
@@ -1400,6 +1410,11 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
             event.success(**follow)
 
         guess = dict(fn=networked(guess_first_generate), inputs=generate_inputs, outputs=None, api_name=False, show_progress="hidden")
+        # a visitor who picks another digit or seed will likely press Generate next
+        for control in (digit, seed, sampler):
+            control.input(networked(guess_generate), generate_inputs, None, api_name=False, show_progress="hidden")
+        for control in (guidance, steps, batch):
+            control.release(networked(guess_generate), generate_inputs, None, api_name=False, show_progress="hidden")
 
         def b_changed(event):
             """B's ablation or options changed: after a run B reran; before the first, the Generate they set up is guessed."""

@@ -47,8 +47,9 @@ class NetworkThread:
     """Requests on one worker thread, in order; wishes on another, only while no request is waiting or running.
 
     submit(fn, ...): a request. It runs at once unless another request is before it.
-    prefetch(cache, [(model, settings), ...]): wishes, most likely first (at most `max_wishes`); they replace
-        the earlier ones, and a run already in the cache is skipped.
+    prefetch(cache, [(model, settings), ...], turn_steps=None): wishes, most likely first (at most `max_wishes`);
+        they replace the earlier ones, and a run already in the cache is skipped. With `turn_steps`, the runs take
+        turns of that many steps instead of running one after the other.
     The networks of one request may use both cores (an OpenMP team); a prefetch uses one thread, which forms
     no team, so the two never make libgomp think it has more threads than cores.
     """
@@ -63,7 +64,7 @@ class NetworkThread:
         self._executor.submit(use_threads, torch.get_num_threads())  # not whatever the prefetch thread set last
         self._changed = threading.Condition()
         self._requests = 0  # submitted and not finished
-        self._wishes: deque[tuple[TrajectoryCache, DiffusionModel, SampleSettings]] = deque()
+        self._wishes: deque[tuple[TrajectoryCache, DiffusionModel, SampleSettings, int | None]] = deque()
         self._wish_lists = 0  # how many times the wishes were replaced: a stopped guess goes back only to its own list
         self._prefetching = False
         self._exiting = False
@@ -75,11 +76,17 @@ class NetworkThread:
             self._requests += 1
         return self._executor.submit(self._request, fn, args, kwargs)
 
-    def prefetch(self, cache: TrajectoryCache, runs: list[tuple[DiffusionModel, SampleSettings]]) -> None:
+    def prefetch(self, cache: TrajectoryCache, runs: list[tuple[DiffusionModel, SampleSettings]],
+                 turn_steps: int | None = None) -> None:
+        """turn_steps: for runs that a request computes side by side (a Generate's A and B), where the run with the
+        most steps left sets the pace. One after the other, a request that came part-way would find A well on and
+        B not begun; taking turns, it finds both part-way."""
+        if turn_steps is not None and (isinstance(turn_steps, bool) or not isinstance(turn_steps, int) or turn_steps < 1):
+            raise ValueError(f"turn_steps must be None or a whole number >= 1, got {turn_steps!r}")
         with self._changed:
             # the earlier wishes were about a state its visitor has left (or, on a busy server, another visitor's,
             # and a busy server has no idle time to spend on them anyway)
-            self._wishes = deque((cache, model, settings) for model, settings in runs[: self.max_wishes])
+            self._wishes = deque((cache, model, settings, turn_steps) for model, settings in runs[: self.max_wishes])
             self._wish_lists += 1
             if self._prefetcher is None:
                 # a daemon, so exit never waits for a guess; but stopped at its next step before the interpreter
@@ -135,22 +142,46 @@ class NetworkThread:
                 wish = self._wishes.popleft()
                 wish_list = self._wish_lists
                 self._prefetching = True
-            cache, model, settings = wish
-            stopped = False
+            cache, model, settings, turn_steps = wish
+            stopped, give_way = False, _GiveWay(self, wish_list, cache, model, settings, turn_steps)
             try:
                 if cache.get(model, settings) is None:
-                    stopped = not cache.sample(model, settings, should_stop=self._give_way(cache, model, settings)).complete
+                    stopped = not cache.sample(model, settings, should_stop=give_way).complete
                     self.prefetched += not stopped
             except Exception:  # a failed guess costs nothing: the request, if it comes, reports its own error
                 logger.debug("prefetch of %s failed", settings, exc_info=True)
             finally:
                 with self._changed:
-                    if stopped and wish_list == self._wish_lists:  # still wished for: first again, from where it stopped
-                        self._wishes.appendleft(wish)
+                    if stopped and wish_list == self._wish_lists:  # still wished for: it goes on from where it stopped,
+                        if give_way.turn_over:  # after the other runs' turns
+                            self._wishes.append(wish)
+                        else:  # first again
+                            self._wishes.appendleft(wish)
                     self._prefetching = False
                     self._changed.notify_all()
 
-    def _give_way(self, cache, model, settings):
-        """The prefetch's `should_stop`, asked before each of its steps: a request came, the interpreter is exiting,
-        or a request kept this very run meanwhile (one that did not wait for the guess's step to end)."""
-        return lambda: bool(self._requests) or self._exiting or cache.get(model, settings) is not None
+
+class _GiveWay:
+    """A prefetch's `should_stop`, asked before each of its steps: a request came, the interpreter is exiting, new
+    wishes replaced the run's (a request that named them may have come and gone between two steps: the visitor moved
+    on, and a 50-step guess at batch 4 held the core for ~3.6 s more), or a request kept this very run meanwhile
+    (one that did not wait for the guess's step to end); or, with `turn_steps`, the run has had its turn."""
+
+    def __init__(self, thread: NetworkThread, wish_list: int, cache: TrajectoryCache, model: DiffusionModel,
+                 settings: SampleSettings, turn_steps: int | None):
+        self.thread, self.wish_list, self.cache, self.model, self.settings = thread, wish_list, cache, model, settings
+        self.steps_left = turn_steps
+
+    def __call__(self) -> bool:
+        thread = self.thread
+        if (thread._requests or thread._exiting or thread._wish_lists != self.wish_list
+                or self.cache.get(self.model, self.settings) is not None):
+            return True
+        if self.steps_left is None:
+            return False
+        self.steps_left -= 1
+        return self.steps_left < 0
+
+    @property
+    def turn_over(self) -> bool:
+        return self.steps_left is not None and self.steps_left < 0

@@ -174,6 +174,17 @@ def test_an_ablation_set_before_the_first_generate_is_guessed_with_it(tiny_weigh
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120) and len(registry.trajectories) == kept
 
 
+def test_another_seed_picked_after_a_run_is_guessed_for_the_next_generate(tiny_weights, monkeypatch):
+    registry = ModelRegistry(tiny_weights, prefetch=True)
+    state, *_ = run_generate(registry, skips=(0, 1), seed=31)
+    controls = ["tiny", app.SAME_AS_A, app.DIGIT_CHOICES[1], 3, 32, "ddim", 8, 2, 0, *[1] * (app.MAX_SKIP_SLIDERS - 1), [], False]
+    app.guess_generate(registry, *controls, state)
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
+    again, *_ = app.generate(registry, *controls, state, progress=NoProgress())  # the click: no network
+    assert again["a"].settings.seed == 32 and not again["b"].settings.ablation.is_intact
+
+
 def test_no_run_is_guessed_without_prefetch_nor_beyond_the_page_defaults_nor_for_an_h_space_edit(tiny_weights):
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
     computed_before = app.NETWORK_THREAD.prefetched

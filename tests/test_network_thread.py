@@ -82,6 +82,31 @@ def test_wishes_are_computed_in_idle_time_exactly_as_a_request_would_compute_the
         assert torch.equal(kept.x_t, sample(model, settings).x_t) and torch.equal(kept.eps, sample(model, settings).eps)
 
 
+def test_runs_wished_with_turn_steps_take_turns_and_end_as_a_request_would_compute_them(model, network_thread, monkeypatch):
+    """A Generate's A and B, which a request runs side by side: one clicked part-way finds both part-done."""
+    cache, turns, real_sample = TrajectoryCache(max_bytes=2**22), [], TrajectoryCache.sample
+
+    def recording_sample(self, model, settings, *args, **kwargs):
+        trajectory = real_sample(self, model, settings, *args, **kwargs)
+        turns.append((settings.seed, len(trajectory)))
+        return trajectory
+
+    monkeypatch.setattr(TrajectoryCache, "sample", recording_sample)
+    wishes = settings_for([0, 1], steps=5)
+    network_thread.prefetch(cache, runs_of(model, wishes), turn_steps=2)
+    assert network_thread.wait_until_idle(timeout=60)
+    assert turns == [(0, 2), (1, 2), (0, 4), (1, 4), (0, 5), (1, 5)]  # steps done after each turn
+    assert network_thread.prefetched == 2
+    for settings in wishes:
+        assert torch.equal(cache.get(model, settings).x_t, sample(model, settings).x_t)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_a_bad_turn_length_is_refused_by_name(network_thread, bad):
+    with pytest.raises(ValueError, match="turn_steps"):
+        network_thread.prefetch(TrajectoryCache(max_bytes=2**22), [], turn_steps=bad)
+
+
 def test_a_run_already_kept_is_not_computed_again(model, network_thread, monkeypatch):
     cache = TrajectoryCache(max_bytes=2**22)
     settings = settings_for([0])
@@ -161,6 +186,21 @@ def test_a_stopped_prefetch_the_visitor_moved_on_from_is_dropped(model, network_
     request.result(10)
     assert network_thread.wait_until_idle(timeout=60)
     assert len(calls) == 1 + 6 and cache.get(model, left) is None and cache.get(model, next_wish) is not None
+
+
+def test_a_prefetch_whose_wishes_were_replaced_stops_at_its_next_step_and_keeps_its_steps(model, network_thread, monkeypatch):
+    """Even when no request is there to stop it (the one that named the new wishes came and went within a step)."""
+    cache = TrajectoryCache(max_bytes=2**22)
+    held, release, hold_the_second_step = prefetch_step_held(2)
+    calls = recording_forward(model, monkeypatch, before_each=hold_the_second_step)
+    left, next_wish = settings_for([0, 1], steps=6)
+    network_thread.prefetch(cache, runs_of(model, [left]))
+    assert held.wait(10)
+    network_thread.prefetch(cache, runs_of(model, [next_wish]))
+    release.set()
+    assert network_thread.wait_until_idle(timeout=60)
+    assert len(calls) == 2 + 6 and cache.get(model, left) is None and cache.get(model, next_wish) is not None
+    assert len(cache.sample(model, left, should_stop=lambda: True)) == 2  # its two steps were kept
 
 
 def test_no_prefetch_starts_while_a_request_waits_or_runs(model, network_thread, monkeypatch):
