@@ -5,14 +5,14 @@ takes a second or more on two cores, but the server is idle while the visitor lo
 handler names the runs one switch away (`prefetch`), and they are computed into the shared `TrajectoryCache`
 while no request is waiting or running; the switch, when it comes, is answered from the cache.
 
-Requests always come first. A prefetch stops before its next step the moment a request is submitted (or new
-wishes replace its own), and keeps the steps it has done in the cache: it goes on from them once no request is left,
-and a request for that very run goes on from them at once, on both cores (a visitor who switches before the guess is finished waits only for the
-steps left; `TrajectoryCache.sample` has it wait for the guess's step in progress, within a bound). It runs on
-one core at the lowest scheduling priority: at normal priority, Gradio's threads that encode a scrub's
-pictures lost the cores to it (a scrub took 62 ms server side instead of 37; at the lowest, 33-39 ms). A
-trajectory is a pure function of model and settings, bit for bit on one thread or two (`unet.PointwiseConv`; a
-test checks it), so a prefetched run is the run the request would have computed.
+Requests always come first. A prefetch stops before its next step the moment a request is submitted (or new wishes
+replace its own), and keeps the steps it has done in the cache: it goes on from them once no request is left, and a
+request for that very run goes on from them at once, on both cores (a visitor who switches before the guess is
+finished waits only for the steps left; `TrajectoryCache.sample` has it wait for the guess's step in progress,
+within a bound). It runs on one core at the lowest scheduling priority: at normal priority, Gradio's threads that
+encode a scrub's pictures lost the cores to it (a scrub took 62 ms server side instead of 37; at the lowest, 33-39
+ms). A trajectory is a pure function of model and settings, bit for bit on one thread or two (`unet.PointwiseConv`;
+a test checks it), so a prefetched run is the run the request would have computed.
 """
 
 from __future__ import annotations
