@@ -86,11 +86,11 @@ EXPORT_CHOICES = ("A", "B")
 INTRO = """
 # U-Net Diffusion Playground
 Look inside a diffusion model's U-Net while it generates MNIST digits, and take it apart.
-**1.** Pick a model, a digit and a seed, press **Generate**: network **A** runs intact, network **B** with the
-ablation you set (or another model), both from the *same* noise. **2.** Slide through the reverse process:
-the predicted clean image x̂0, the noisy input x_t and the predicted noise ε̂ at every step. **3.** Open the
-feature maps of any block. **4.** Read the numbers. The model works directly in pixel space: no VAE blurs what
-the U-Net did.
+The page opens on a finished run. **1.** Pick a model, a digit and a seed, press **Generate**: network **A** runs
+intact, network **B** with the ablation you set (or another model), both from the *same* noise. **2.** Slide
+through the reverse process: the predicted clean image x̂0, the noisy input x_t and the predicted noise ε̂ at every
+step. **3.** Open the feature maps of any block. **4.** Read the numbers. The model works directly in pixel space:
+no VAE blurs what the U-Net did.
 """
 
 WINDOW_HELP = """**Ablation window**: B's ablation applies only while from ≤ t ≤ to (the reverse process runs from t = 999
@@ -135,7 +135,7 @@ processing_utils.save_pil_to_cache = _cache_image_atomically
 # So the events that do not queue here (a scrub, the exports) run with one torch thread (`user_errors`), which
 # forms no team. Queued on one thread, the networks also never compete for the cores. While no request waits or
 # runs, a second thread (one core, lowest priority, no OpenMP team) computes the runs one switch away from
-# what a visitor just saw, or the Generate a page just loaded shows (see _prefetch_next, _prefetch_generate).
+# what a visitor just saw, or the Generate a visitor's new controls set up (see _prefetch_next, _prefetch_generate).
 NETWORK_THREAD = NetworkThread(thread_name_prefix="networks")
 # Runs larger than the page's defaults (50 steps × batch 4) are not guessed at: each would hold a core for seconds.
 PREFETCH_MAX_STEPS_X_BATCH = 50 * 4
@@ -499,8 +499,8 @@ def _generate_request(registry, model_a, model_b, digit, guidance, seed, sampler
 def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
     """The ablation changed: rerun B only, from the same noise and settings as the cached A.
 
-    Before the first Generate there is nothing to rerun: the controls are checked and wait for it, as B's other
-    options do (set_b_options). Setting B up before pressing Generate is how a visitor may well begin."""
+    Before the session's first run (the page's own, still on its way, or one that failed) there is nothing to rerun:
+    the controls are checked and wait for it, as B's other options do (set_b_options)."""
     *skip_values, attention_off, time_off, state, step = rest
     a_model, b_model = _model(registry, model_a, "model A"), _model_b(registry, model_a, model_b)
     options = _options_in(state)
@@ -547,7 +547,7 @@ def _prefetch_next(registry, state, b_model):
 
 
 def _prefetch_generate(registry, *controls):
-    """Name the runs of a Generate with these controls for the idle time (a page just loaded: its first click)."""
+    """Name the runs of a Generate with these controls for the idle time: the click they set up."""
     try:
         settings, a_model, b_model, ablation_b, options = _generate_request(registry, *controls)
     except ValueError:
@@ -562,7 +562,7 @@ def _prefetch_generate(registry, *controls):
 
 def guess_generate(registry, *controls):
     """A control of Generate changed (digit, seed, guidance, ...): the Generate it sets up is guessed in the idle time,
-    as a page load's is (generate_if_pending), so the click that follows is answered from it."""
+    so the click that follows is answered from it."""
     _prefetch_generate(registry, *controls)
 
 
@@ -727,7 +727,7 @@ def features_after_run(registry, state, step, block, sample_index, range_mode):
     """After every run (Generate, an ablation change, a setup): the open block's maps follow the new A and B,
     so the panels never show a run that is no longer on screen. With no block open they are cleared."""
     if not _has_run(state):
-        return tuple(gr.skip() for _ in range(FEATURE_OUTPUTS))  # a plain page load: no run to follow yet
+        return tuple(gr.skip() for _ in range(FEATURE_OUTPUTS))  # B set up before the page's run ended: none to follow yet
     if not block:
         return (None,) * (FEATURE_OUTPUTS - 1) + ("Pick a block (above, or in the architecture strip) to see its feature maps.",)
     return view_features(registry, state, step, block, sample_index, range_mode)
@@ -1155,17 +1155,6 @@ def block_lists_if_pending(registry, model_a, state):
     return block_dropdown(registry, model_a), architecture_strip(registry, model_a)
 
 
-def generate_if_pending(registry, *args, progress=gr.Progress()):
-    """After a setup or lesson was applied: Generate with the new controls. Otherwise (a plain page load) nothing
-    yet; but the visitor's first click will most likely be Generate with what the page shows, so its runs are
-    computed in the idle time while the visitor reads."""
-    state = args[-1]
-    if not (isinstance(state, dict) and state.get("pending")):
-        _prefetch_generate(registry, *args)
-        return tuple(gr.skip() for _ in range(3 + STEP_OUTPUTS + NUMBER_OUTPUTS))
-    return generate(registry, *args, progress=progress)
-
-
 # ---- export and the architecture strip
 
 
@@ -1262,7 +1251,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=1, min_width=300):
                 gr.Markdown("### Ablation of network B\nApplied to every step of B's reverse process. "
-                            "Changing a control reruns B only (set before the first Generate, it waits for it).")
+                            "Changing a control reruns B only.")
                 skip_sliders = [gr.Slider(0, 3, value=1, step=0.05, label=f"skip {i}", visible=False, elem_id=f"skip-{i}")
                                 for i in range(MAX_SKIP_SLIDERS)]
                 # the default model's sites from the start (not only after demo.load): API clients get no load event
@@ -1442,7 +1431,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                             api_name="digit_decides", **model_events, **reads_run_sliders)
         setup_outputs = [model_a, model_b, digit, guidance, seed, sampler, steps, batch, *skip_sliders, attention_off, time_off,
                          *option_inputs, state, lesson_note]
-        then_generate = dict(fn=networked(generate_if_pending), inputs=generate_inputs, outputs=generate_outputs, api_name=False,
+        then_generate = dict(fn=networked(generate), inputs=generate_inputs, outputs=generate_outputs, api_name=False,
                              **model_events)
         def then_run(event):
             """After a setup is applied: the block lists follow its model, then Generate runs it."""
@@ -1480,7 +1469,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 bound(options_panel), [model_a, model_b], [*freeu_b, *freeu_s], api_name=False).then(
                 load_query, model_a, setup_outputs, api_name=False).success(
                 bound(block_lists_if_pending), [model_a, state], [block, strip], api_name=False).success(
-                # usually a no-op, but it queues behind other visitors' runs: no full-page spinners meanwhile
+                # the page opens on a finished run (its defaults', usually kept from an earlier visitor); it queues
+                # behind other visitors' runs: no full-page spinners meanwhile
                 **then_generate, show_progress="minimal"))
     return demo
 

@@ -431,12 +431,13 @@ class TrajectoryCache:
     """Finished trajectories by (model, settings), shared by every caller, at most `max_bytes` of them.
 
     A trajectory is a pure function of its model and settings (repeated runs are bit-identical), so one
-    computed for one visitor serves the next who asks for the same: the same first Generate, a lesson, an
+    computed for one visitor serves the next who asks for the same: the run a page opens on, a lesson, an
     ablation switched off again after a look at another. Least recently used out first. Not kept: settings
     with an h-space edit (edits compare by identity, so no later request would equal them) and trajectories
     larger than the whole budget. Callers must treat a trajectory as read-only: it may be shared.
-    A run stopped part-way (`should_stop`: the app's guesses stop for every request) is kept as well, within
-    the same budget, and the next `sample` of that run goes on from where it stopped; `get` never returns one.
+    A run stopped part-way (`should_stop`: the app's guesses stop for every request, and once new ones replace
+    them) is kept as well, within the same budget, and the next `sample` of that run goes on from where it
+    stopped; `get` never returns one.
     A caller asking for a run that another is computing with a `should_stop` waits up to `take_over_wait`
     seconds for it to stop (or finish), then goes on from its steps; after that it computes on its own. The
     bound matters: the app's guesses run at the lowest priority, and on busy cores their step could take long.

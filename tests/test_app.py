@@ -147,20 +147,6 @@ def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_sw
         rerun(registry, state, skips=(0, 0), time_off=True)
 
 
-def test_a_page_load_computes_the_generate_its_controls_would_run(tiny_weights, monkeypatch):
-    registry = ModelRegistry(tiny_weights, prefetch=True)
-    controls = ["tiny", app.SAME_AS_A, app.DIGIT_CHOICES[1], 3, 21, "ddim", 8, 2, 0, *[1] * (app.MAX_SKIP_SLIDERS - 1), [], False]
-    skipped = app.generate_if_pending(registry, *controls, None, progress=NoProgress())  # a plain page load
-    assert all(isinstance(output, type(gr.skip())) for output in skipped)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
-    monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
-    state, *_ = app.generate(registry, *controls, None, progress=NoProgress())  # the first click: no network
-    monkeypatch.undo()
-    for run in (state["a"], state["b"]):
-        assert torch.equal(run.x_t, playground.sampling.sample(registry.get("tiny"), run.settings).x_t)
-    assert not state["b"].settings.ablation.is_intact
-
-
 def test_an_ablation_set_before_the_first_generate_is_guessed_with_it(tiny_weights, monkeypatch):
     registry = ModelRegistry(tiny_weights, prefetch=True)
     controls = ["tiny", app.SAME_AS_A, app.DIGIT_CHOICES[1], 3, 23, "ddim", 8, 2, 0, *[1] * (app.MAX_SKIP_SLIDERS - 1), [], False]
@@ -291,7 +277,7 @@ def test_the_open_blocks_maps_follow_every_run_and_clear_without_one(registry):
     assert caption_before.split("**B**")[0] == caption_after.split("**B**")[0]
     *cleared, caption = app.features_after_run(registry, state, step, None, 0, "block")
     assert cleared == [None] * 7 and "Pick a block" in caption
-    # a plain page load follows its (empty) run too: nothing to draw, and no "Generate first" error
+    # B set up before the page's own run ended follows no run: nothing to draw, and no "Generate first" error
     assert all(output == gr.skip() for output in app.features_after_run(registry, None, 0, block, 0, "block"))
     assert len(app.features_after_run(registry, state, step, block, 0, "block")) == app.FEATURE_OUTPUTS
 
@@ -698,13 +684,12 @@ def test_query_parameters_open_a_lesson_or_a_setup_and_nothing_else_changes_with
         app.user_errors(app.open_from_query)(registry, "tiny", FakeRequest(lesson="../etc"))
 
 
-def test_generate_if_pending_runs_only_after_a_setup_was_applied(registry):
-    skipped = app.generate_if_pending(registry, "tiny", app.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False, None)
-    assert all(v == gr.skip() for v in skipped)
-    *_, pending, _ = app.apply_setup(registry, '{"model": "tiny", "steps": 3, "batch": 1}')
-    state, *_ = app.generate_if_pending(registry, "tiny", app.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False,
-                                        pending, progress=NoProgress())
-    assert len(state["a"]) == 3
+def test_a_setup_applied_is_generated_with_the_options_it_set_for_b(registry):
+    *_, pending, _ = app.apply_setup(registry, '{"model": "tiny", "steps": 3, "batch": 1, "window": [0, 400]}')
+    state, *_ = app.generate(registry, "tiny", app.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 0, 1, 1, 1, 1, [], False,
+                             pending, progress=NoProgress())
+    assert len(state["a"]) == 3 and "pending" not in state
+    assert state["b"].settings.ablation_window == app.Window(0, 400)
 
 
 def test_exports_write_safetensors_and_a_zip_of_png_frames(registry):

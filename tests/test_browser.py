@@ -71,18 +71,26 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         page.goto(server, wait_until="domcontentloaded")
         expect(page.locator("#skip-0")).to_be_visible(timeout=30_000)  # panel built from the model's introspection
 
+        # the page opens on a finished run of its defaults (50 steps), and the default block's maps follow it,
+        # without a click
+        caption, step = page.locator("#step-caption"), page.get_by_label("number input for Step (0 = pure noise, last = finished sample)")
+        expect(caption).to_contain_text("finished sample", timeout=60_000)
+        expect(step).to_have_value("50")
+        expect(page.locator("#feature-caption")).to_contain_text("mid_block.attentions.0", timeout=15_000)
+        opening_x0 = image_source(page, "img-A-x0")
+        assert opening_x0 and toasts(page) == []
+
         page.get_by_label("number input for Steps").fill("8")
         page.get_by_label("number input for Steps").press("Tab")
         page.get_by_role("button", name="Generate").click()
-        caption = page.locator("#step-caption")
-        expect(caption).to_contain_text("finished sample", timeout=60_000)
+        expect(step).to_have_value("8", timeout=60_000)  # the slider's range is the new run's
+        expect(caption).to_contain_text("finished sample")
+        expect(page.locator("#img-A-x0 img").first).not_to_have_attribute("src", opening_x0, timeout=15_000)
         final_x0 = image_source(page, "img-A-x0")
-        # the default block's maps follow the run: they show without touching the feature controls
         expect(page.locator("#feature-caption")).to_contain_text("mid_block.attentions.0", timeout=15_000)
-        assert toasts(page) == []  # the page load's follow-up had no run to show: no error
+        assert toasts(page) == []
 
         # scrub: drag the step slider back towards the noise
-        step = page.get_by_label("number input for Step (0 = pure noise, last = finished sample)")
         step.fill("1")
         step.press("Tab")
         expect(caption).to_contain_text("step 2 of 8", timeout=15_000)

@@ -350,7 +350,7 @@ def _explore_cases():
         cases.append((f"freeu_preset_values-model_a-{i}", "freeu_preset_values", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
         cases.append((f"block_lists_if_pending-model_a-{i}", "block_lists_if_pending", lambda state, v=value: [v, {"pending": True}],
                       "model A"))
-        cases.append((f"generate_if_pending-model_a-{i}", "generate_if_pending",
+        cases.append((f"generate-after-a-setup-model_a-{i}", "generate",  # a setup applied, then its Generate
                       lambda state, v=value: [*_generate_arguments(model_a=v)[:-1], {"pending": True}], "model A"))
     for i, value in enumerate(NOT_A_NAME + ["mid_block.resnets.1.update", "up_blocks.0.resnets.0.skip", "mid_block"]):
         cases.append((f"open_block-block-{i}", "open_block", lambda state, v=value: ["tiny", v], "block"))
@@ -363,8 +363,8 @@ CASES = _cases()
 NEEDS_REGISTRY = {"generate", "rerun_b", "view_features", "compute_numbers", "ablation_panel", "block_dropdown",
                   "set_b_options", "sweep_ablation", "digit_decides", "current_setup", "apply_setup", "apply_lesson",
                   "open_from_query", "open_block", "architecture_strip", "options_panel", "freeu_preset_values",
-                  "block_lists_if_pending", "generate_if_pending"}
-TAKES_PROGRESS = {"generate", "rerun_b", "compute_numbers", "set_b_options", "sweep_ablation", "generate_if_pending"}
+                  "block_lists_if_pending"}
+TAKES_PROGRESS = {"generate", "rerun_b", "compute_numbers", "set_b_options", "sweep_ablation"}
 
 
 def test_there_are_hundreds_of_hostile_cases_covering_every_handler():
