@@ -1472,6 +1472,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 # the page opens on a finished run (its defaults', usually kept from an earlier visitor); it queues
                 # behind other visitors' runs: no full-page spinners meanwhile
                 **then_generate, show_progress="minimal"))
+            # ... so that run is guessed from the start: the server's first visitor finds it kept, or part-done
+            _prefetch_generate(registry, *(control.value for control in generate_inputs[:-1]), None)
     return demo
 
 

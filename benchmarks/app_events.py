@@ -304,6 +304,8 @@ def main():
     _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                           state_session_capacity=args.sessions)
     try:
+        if not app.NETWORK_THREAD.wait_until_idle(timeout=300):  # the run a page opens on is guessed as the server starts
+            raise SystemExit("the server's prefetching did not finish within 300 s")
         host = {threads: guided_step_ms(app, threads) for threads in (1, 2)}
         events = {  # name -> [(api_name, arguments, seconds to wait before sending)]
             "generate A+B": [("/generate", generate_args(i, 1, NO_SKIP_AT_FIRST), 0) for i in range(args.repeats)],

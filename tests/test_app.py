@@ -1,6 +1,7 @@
 """The app: handlers called directly, then the real server driven through gradio_client."""
 
 import contextvars
+import inspect
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -145,6 +146,26 @@ def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_sw
         monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
     with pytest.raises(AssertionError, match="the model ran"):  # two switches away: not guessed
         rerun(registry, state, skips=(0, 0), time_off=True)
+
+
+def test_the_run_a_page_opens_on_is_guessed_as_the_server_starts(tiny_weights, monkeypatch):
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    guessed_before = app.NETWORK_THREAD.prefetched
+    demo = app.build_demo(tiny_weights)
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    assert app.NETWORK_THREAD.prefetched - guessed_before == 1  # A alone: the page's B is A
+    # a Generate with what the controls hold when the page opens (as its own Generate sends them) runs no network
+    generate = next(fn for fn in demo.fns.values() if getattr(inspect.unwrap(fn.fn), "func", None) is app.generate)
+    registry = inspect.unwrap(generate.fn).args[0]
+    monkeypatch.setattr(registry.get(demo_default_model(demo)).unet, "forward", forbidden_forward)
+    state, *_ = app.generate(registry, *(component.value for component in generate.inputs[:-1]), None, progress=NoProgress())
+    assert state["b"] is state["a"] and len(state["a"]) == 50
+    app.build_demo(tiny_weights, prefetch=False)
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120) and app.NETWORK_THREAD.prefetched - guessed_before == 1
+
+
+def demo_default_model(demo):
+    return next(block.value for block in demo.blocks.values() if getattr(block, "elem_id", None) == "model-a")
 
 
 def test_an_ablation_set_before_the_first_generate_is_guessed_with_it(tiny_weights, monkeypatch):
