@@ -416,7 +416,7 @@ def _has_run(state) -> bool:
 
 def _session(state):
     if not _has_run(state):
-        raise ValueError("Generate first: there is no trajectory to look at yet.")
+        raise ValueError("No run yet: wait for the one the page opens on, or press Generate.")
     return state
 
 

@@ -268,7 +268,7 @@ def _cases():
     for i, value in enumerate(NOT_A_SESSION):
         for handler, rest in [("scrub", [1]), ("view_features", [1, "mid_block.attentions.0", 0, "block"]),
                               ("compute_numbers", [1]), ("export_gif", ["x_t (noisy input)"])]:
-            cases.append((f"{handler}-session-{i}", handler, lambda state, v=value, r=rest: [v, *r], "Generate first"))
+            cases.append((f"{handler}-session-{i}", handler, lambda state, v=value, r=rest: [v, *r], "No run yet"))
     for i, value in enumerate(NOT_A_NAME):
         cases.append((f"ablation_panel-model_a-{i}", "ablation_panel", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
         cases.append((f"block_dropdown-model_a-{i}", "block_dropdown", lambda state, v=value: [v], "model A"))
@@ -333,7 +333,7 @@ def _explore_cases():
     for i, value in enumerate(NOT_A_SESSION):
         for handler, rest in [("sweep_ablation", [3]), ("digit_decides", [0]), ("export_tensors", ["A"]), ("export_frames", ["B"]),
                               ("current_setup", [])]:
-            cases.append((f"{handler}-session-{i}", handler, lambda state, v=value, r=rest: [v, *r], "Generate first"))
+            cases.append((f"{handler}-session-{i}", handler, lambda state, v=value, r=rest: [v, *r], "No run yet"))
     for i, text in enumerate(BAD_SETUPS):
         cases.append((f"apply_setup-{i}", "apply_setup", lambda state, t=text: [t], "setup"))
         if isinstance(text, str):
