@@ -1461,7 +1461,11 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
         model_a.input(bound(architecture_strip), model_a, strip, api_name="architecture")
 
         def load_query(model_a, request: gr.Request):  # annotated here: Gradio finds gr.Request by the hint, not via partial
-            return user_errors(open_from_query)(registry, model_a, request)
+            try:
+                return user_errors(open_from_query)(registry, model_a, request)
+            except UserError as refused:  # a broken link: said in a toast, and the page still opens on its defaults' run
+                gr.Warning(refused.message)
+                return tuple(gr.skip() for _ in range(SETUP_OUTPUTS))
 
         if default_a:
             # one chain, so a setup from the address is applied after the panels are built, not raced by them

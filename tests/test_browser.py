@@ -112,6 +112,12 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         assert image_source(page, "feat-A-channels") == maps_a_before
 
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+
+        # a broken setup in the address is refused in a toast, and the page still opens on its defaults' run
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(server + "?setup=%7Bnot%20json", wait_until="domcontentloaded")
+        expect(page.locator(".toast-body").first).to_contain_text("setup", timeout=60_000)
+        expect(page.locator("#step-caption")).to_contain_text("finished sample", timeout=60_000)
         browser.close()
 
 
