@@ -15,8 +15,8 @@ event's round trip through Gradio's queue and the fetching of every picture the 
   runs one switch away meanwhile, as it does while a visitor looks at the pictures).
 Before those, once each: a page opened until its own run (its defaults, batch 4) has loaded, from the address typed,
 for the server's first visitor, right after it started (the server guesses that run from its start), and for the
-next (kept); then Generate with a new seed, picked once the
-server is idle (it guessed that run meanwhile), and with another new seed clicked at once (computed).
+next (kept); then Generate with a new seed, picked once the server is idle (it guessed that run meanwhile), and
+with another new seed clicked at once (computed).
 Chromium runs on the same cores as the server here, unlike a visitor's browser: the server-side figures come out
 higher than app_events.py's, most for the network events.
 """
