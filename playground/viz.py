@@ -149,9 +149,10 @@ def pca_rgb(feature: torch.Tensor, size: int = 0) -> tuple[Image.Image, list[flo
 def colour_bar(vmin: float, vmax: float, cmap: str = DIVERGING, label: str = "", width: int = 256) -> Image.Image:
     """A small horizontal legend for a colour map over [vmin, vmax]."""
     fig, ax = plt.subplots(figsize=(width / 100, 0.55), dpi=100)
-    fig.subplots_adjust(left=0.04, right=0.96, bottom=0.55, top=0.95)
+    fig.subplots_adjust(left=0.07, right=0.93, bottom=0.55, top=0.95)  # room for the end labels
     ax.imshow(np.linspace(0, 1, 256)[None, :], aspect="auto", cmap=cmap, extent=(vmin, vmax, 0, 1))
     ax.set_yticks([])
+    ax.locator_params(axis="x", nbins=4)  # matplotlib's default packs 9 labels into 2.5 inches, touching
     ax.tick_params(labelsize=7)
     if label:
         ax.set_xlabel(label, fontsize=7, labelpad=1)
