@@ -38,7 +38,7 @@ from playground.explore import (
 )
 from playground.network_thread import NetworkThread, use_threads
 from playground.registry import ModelRegistry
-from playground.sampling import MAX_STEPS, SAMPLERS, TimestepLie, Window
+from playground.sampling import MAX_STEPS, SAMPLERS, DiffusionModel, TimestepLie, Window
 from playground.setup import LESSONS, HSpaceRecipe, PlaygroundSetup
 from playground.viz import (
     DIVERGING, RANGE_MODES, SEQUENTIAL, channel_grid, colour_bar, curves_figure, image_grid, mean_abs_map, pca_rgb,
@@ -435,16 +435,22 @@ def describe_models(registry: ModelRegistry) -> str:
 def ablation_panel(registry: ModelRegistry, model_a, model_b):
     """The ablation controls for network B, built from B's own introspection."""
     model = _model_b(registry, model_a, model_b)
-    resolutions = model.unet.skip_resolutions
-    sliders = [
-        gr.Slider(visible=i < len(resolutions), value=1.0,
-                  label=f"skips joining at {resolutions[i]}×{resolutions[i]}" if i < len(resolutions) else "unused")
-        for i in range(MAX_SKIP_SLIDERS)
-    ]
+    sliders = [gr.Slider(value=1.0, **_per_resolution(model.unet.skip_resolutions, i, "skips joining")) for i in range(MAX_SKIP_SLIDERS)]
     sites = gr.CheckboxGroup(choices=list(model.unet.attention_sites), value=[])
+    return (*sliders, sites, gr.Checkbox(value=False), trained_note(model))
+
+
+def _per_resolution(resolutions, i: int, knob: str) -> dict:
+    """Slider i of a row with one slider per resolution where skips join (hidden past the model's own)."""
+    if i >= len(resolutions):
+        return {"visible": False, "label": "unused"}
+    return {"visible": True, "label": f"{knob} at {resolutions[i]}×{resolutions[i]}"}
+
+
+def trained_note(model: DiffusionModel) -> str:
+    """What B's model lost in training, which no control can give back."""
     trained = model.unet.training_ablation
-    note = "" if trained.is_intact else f"`{model.name}` was *trained* with {_describe(trained)}: that always applies to it."
-    return (*sliders, sites, gr.Checkbox(value=False), note)
+    return "" if trained.is_intact else f"`{model.name}` was *trained* with {_describe(trained)}: that always applies to it."
 
 
 def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, batch, *rest, progress=gr.Progress()):
@@ -668,8 +674,17 @@ def block_choices(registry, model_a):
             for name, shape in unet.feature_shapes().items()]
 
 
+OPENING_BLOCK = "mid_block.attentions.0"
+
+
 def block_dropdown(registry, model_a):
-    return gr.Dropdown(choices=block_choices(registry, model_a), value=None)
+    choices = block_choices(registry, model_a)
+    return gr.Dropdown(choices=choices, value=opening_block(choices))
+
+
+def opening_block(choices) -> str | None:
+    """The block whose maps a page shows first, where its model has one: the bottleneck's attention."""
+    return OPENING_BLOCK if any(value == OPENING_BLOCK for _, value in choices) else None
 
 
 def view_features(registry, state, step, block, sample_index, range_mode):
@@ -807,8 +822,9 @@ def _prune_gifs(now=None):
 OPTION_COUNT = 4 + 2 * MAX_SKIP_SLIDERS + 6  # window (2), lie (2), FreeU b and s per slider, h-space (6)
 STEP_OUTPUTS, NUMBER_OUTPUTS = 10, 2  # render_step's pictures and caption; render_numbers' plot and table
 FEATURE_OUTPUTS = 8  # view_features: three pictures each for A and B, the legend, the caption
-# every control a setup sets: the 8 run controls, skips, attention, time, B's options, the session and the lesson note
-SETUP_OUTPUTS = 8 + MAX_SKIP_SLIDERS + 2 + OPTION_COUNT + 2
+# every control a setup sets: the 8 run controls, skips, attention, time, B's options, what follows its model (the
+# trained note, the block dropdown, the architecture strip), the session and the lesson note
+SETUP_OUTPUTS = 8 + MAX_SKIP_SLIDERS + 2 + OPTION_COUNT + 3 + 2
 
 
 def _window(t_from, t_to, name):
@@ -929,13 +945,14 @@ def options_panel(registry, model_a, model_b):
     """FreeU sliders, one b and one s per decoder stage of B's model (like the skip sliders).
 
     Their values stay: the session keeps the gains they last set, and the two must not disagree."""
-    resolutions = _model_b(registry, model_a, model_b).unet.skip_resolutions
-    return (*_freeu_sliders(resolutions, "b"), *_freeu_sliders(resolutions, "s"))
+    model = _model_b(registry, model_a, model_b)
+    return (*_freeu_sliders(model, "b"), *_freeu_sliders(model, "s"))
 
 
-def _freeu_sliders(resolutions, knob, values=None):
-    return [gr.Slider(visible=i < len(resolutions), label=f"FreeU {knob} at {resolutions[i]}×{resolutions[i]}" if i < len(resolutions)
-                      else "unused", **({} if values is None else {"value": values[i]})) for i in range(MAX_SKIP_SLIDERS)]
+def _freeu_sliders(model, knob, values=None):
+    resolutions = model.unet.skip_resolutions
+    return [gr.Slider(**_per_resolution(resolutions, i, f"FreeU {knob}"), **({} if values is None else {"value": values[i]}))
+            for i in range(MAX_SKIP_SLIDERS)]
 
 
 def freeu_preset_values(registry, model_a, model_b):
@@ -1081,17 +1098,16 @@ def _setup_controls(registry, setup: PlaygroundSetup):
                        recipe is not None, recipe.probe_t if recipe else 500, recipe.component if recipe else 0,
                        recipe.strength if recipe else 2.0, h_window.t_min, h_window.t_max)
     digit = DIGIT_CHOICES[0] if setup.digit is None else str(setup.digit)
-    skip_labels = [f"skips joining at {r}×{r}" for r in resolutions]
-    sliders = [gr.Slider(value=g, visible=i < len(resolutions), label=skip_labels[i] if i < len(resolutions) else "unused")
-               for i, g in enumerate(gains["skip_scale"])]
+    sliders = [gr.Slider(value=g, **_per_resolution(resolutions, i, "skips joining")) for i, g in enumerate(gains["skip_scale"])]
     return (
         model.name, SAME_AS_A, digit, setup.guidance, setup.seed,
         setup.sampler, setup.steps, setup.batch, *sliders,
         gr.CheckboxGroup(choices=list(unet.attention_sites), value=sorted(ablation.attention_off)), ablation.time_embedding_off,
-        window.t_min, window.t_max, lie_mode, lie_value, *_freeu_sliders(resolutions, "b", gains["backbone_scale"]),
-        *_freeu_sliders(resolutions, "s", gains["skip_low_freq_scale"]),
+        window.t_min, window.t_max, lie_mode, lie_value, *_freeu_sliders(model, "b", gains["backbone_scale"]),
+        *_freeu_sliders(model, "s", gains["skip_low_freq_scale"]),
         recipe is not None, options["h_edit"].probe_t if recipe else 500, options["h_edit"].component if recipe else 0,
         options["h_edit"].strength if recipe else 2.0, h_window.t_min, h_window.t_max,
+        trained_note(model), block_dropdown(registry, model.name), architecture_strip(registry, model.name),
         {"options_b": options, "pending": True},
     )
 
@@ -1146,13 +1162,6 @@ def open_from_query(registry, model_a, request: gr.Request):
             raise ValueError(f"lesson must be one of {list(LESSON_NAMES)}, got {_shown(params['lesson'])}")
         return apply_lesson(registry, key, model_a)
     return tuple(gr.skip() for _ in range(SETUP_OUTPUTS))
-
-
-def block_lists_if_pending(registry, model_a, state):
-    """After a setup from the address: the block dropdown and the strip follow its model. Otherwise nothing."""
-    if not (isinstance(state, dict) and state.get("pending")):
-        return gr.skip(), gr.skip()
-    return block_dropdown(registry, model_a), architecture_strip(registry, model_a)
 
 
 # ---- export and the architecture strip
@@ -1223,6 +1232,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
     on_network_thread(registry.load_all)()  # loading checks every weight: the first of many parallel torch calls
     models = registry.available
     default_a = "mnist" if "mnist" in models else (models[0] if models else None)
+    default_model = registry.get(default_a) if default_a else None
+    default_resolutions = default_model.unet.skip_resolutions if default_model else ()
     bound = lambda handler: user_errors(functools.partial(handler, registry))  # noqa: E731
     networked = lambda handler: user_errors(on_network_thread(figures_drawn(functools.partial(handler, registry))))  # noqa: E731
 
@@ -1252,14 +1263,14 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
             with gr.Column(scale=1, min_width=300):
                 gr.Markdown("### Ablation of network B\nApplied to every step of B's reverse process. "
                             "Changing a control reruns B only.")
-                skip_sliders = [gr.Slider(0, 3, value=1, step=0.05, label=f"skip {i}", visible=False, elem_id=f"skip-{i}")
+                # built for the default model, so a page opens with no event to set them up (nor does an API client)
+                skip_sliders = [gr.Slider(0, 3, value=1, step=0.05, elem_id=f"skip-{i}", **_per_resolution(default_resolutions, i, "skips joining"))
                                 for i in range(MAX_SKIP_SLIDERS)]
-                # the default model's sites from the start (not only after demo.load): API clients get no load event
-                default_sites = list(registry.get(default_a).unet.attention_sites) if default_a else []
-                attention_off = gr.CheckboxGroup(default_sites, label="Attention switched off", elem_id="attention-off",
+                attention_off = gr.CheckboxGroup(list(default_model.unet.attention_sites) if default_model else [],
+                                                 label="Attention switched off", elem_id="attention-off",
                                                  info="the site's residual path alone flows on")
                 time_off = gr.Checkbox(False, label="Hide the timestep (time embedding → 0)", elem_id="time-off")
-                trained_note = gr.Markdown()
+                model_note = gr.Markdown(trained_note(default_model) if default_model else "", elem_id="trained-note")
                 gr.Markdown("Skip scale: 0 = off, below 1 weakens, above 1 amplifies (FreeU-style).")
         with gr.Accordion("Network B over time: t-window, timestep lie, FreeU, h-space (any change reruns B)", open=False,
                           elem_id="b-options"):
@@ -1275,10 +1286,10 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                     gr.Markdown(FREEU_HELP)
                     freeu_button = gr.Button("FreeU preset", size="sm", scale=0, min_width=130, elem_id="freeu-preset")
                 with gr.Row():
-                    freeu_b = [gr.Slider(0, 3, value=1, step=0.05, label=f"b {i}", visible=False, elem_id=f"freeu-b-{i}")
+                    freeu_b = [gr.Slider(0, 3, value=1, step=0.05, elem_id=f"freeu-b-{i}", **_per_resolution(default_resolutions, i, "FreeU b"))
                                for i in range(MAX_SKIP_SLIDERS)]
                 with gr.Row():
-                    freeu_s = [gr.Slider(0, 3, value=1, step=0.05, label=f"s {i}", visible=False, elem_id=f"freeu-s-{i}")
+                    freeu_s = [gr.Slider(0, 3, value=1, step=0.05, elem_id=f"freeu-s-{i}", **_per_resolution(default_resolutions, i, "FreeU s"))
                                for i in range(MAX_SKIP_SLIDERS)]
             with gr.Tab("h-space"):
                 gr.Markdown(HSPACE_HELP)
@@ -1315,8 +1326,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                          label="Architecture: click a block (↓ encoder, • bottleneck, ↑ decoder) to open its output maps")
         with gr.Row():
             choices = block_choices(registry, default_a) if default_a else []
-            default_block = "mid_block.attentions.0" if any(v == "mid_block.attentions.0" for _, v in choices) else None
-            block = gr.Dropdown(choices, value=default_block, label="Block", elem_id="block")
+            block = gr.Dropdown(choices, value=opening_block(choices), label="Block", elem_id="block")
             sample_index = gr.Slider(0, 3, value=0, step=1, label="Sample", elem_id="sample-index")
             range_mode = gr.Radio(list(RANGE_MODES), value="block", label="Colour range", elem_id="range-mode",
                                   info="per channel / one range for the block / one range for every block")
@@ -1372,7 +1382,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
 
         # ---- events
-        panel_outputs = [*skip_sliders, attention_off, time_off, trained_note]
+        panel_outputs = [*skip_sliders, attention_off, time_off, model_note]
         ablation_inputs = [*skip_sliders, attention_off, time_off]
         step_outputs = [*pictures, step_caption]
         number_outputs = [drift_plot, numbers]
@@ -1430,17 +1440,11 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
         decide_button.click(networked(digit_decides), [state, sample_index], [decision_plot, probability_a, probability_b, decision_table],
                             api_name="digit_decides", **model_events, **reads_run_sliders)
         setup_outputs = [model_a, model_b, digit, guidance, seed, sampler, steps, batch, *skip_sliders, attention_off, time_off,
-                         *option_inputs, state, lesson_note]
+                         *option_inputs, model_note, block, strip, state, lesson_note]
         then_generate = dict(fn=networked(generate), inputs=generate_inputs, outputs=generate_outputs, api_name=False,
                              **model_events)
-        def then_run(event):
-            """After a setup is applied: the block lists follow its model, then Generate runs it."""
-            after_run(event.success(bound(block_dropdown), model_a, block, api_name=False)
-                      .success(bound(architecture_strip), model_a, strip, api_name=False)
-                      .success(**then_generate))
-
-        then_run(apply_button.click(bound(apply_setup), setup_box, setup_outputs, api_name="apply_setup"))
-        then_run(lesson.input(bound(apply_lesson), [lesson, model_a], setup_outputs, api_name="lesson"))
+        after_run(apply_button.click(bound(apply_setup), setup_box, setup_outputs, api_name="apply_setup").success(**then_generate))
+        after_run(lesson.input(bound(apply_lesson), [lesson, model_a], setup_outputs, api_name="lesson").success(**then_generate))
         tensors_button.click(user_errors(export_tensors), [state, export_which], export_file, api_name="export_tensors", **view_events)
         frames_button.click(user_errors(export_frames), [state, export_which], export_file, api_name="export_frames", **view_events)
         step.change(user_errors(scrub), [state, step], step_outputs, api_name="scrub", **view_events, **reads_run_sliders)
@@ -1468,11 +1472,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 return tuple(gr.skip() for _ in range(SETUP_OUTPUTS))
 
         if default_a:
-            # one chain, so a setup from the address is applied after the panels are built, not raced by them
-            after_run(demo.load(bound(ablation_panel), [model_a, model_b], panel_outputs, api_name=False).then(
-                bound(options_panel), [model_a, model_b], [*freeu_b, *freeu_s], api_name=False).then(
-                load_query, model_a, setup_outputs, api_name=False).success(
-                bound(block_lists_if_pending), [model_a, state], [block, strip], api_name=False).success(
+            # the controls are built for the default model, so a plain address needs no event before the Generate
+            after_run(demo.load(load_query, model_a, setup_outputs, api_name=False).success(
                 # the page opens on a finished run (its defaults', usually kept from an earlier visitor); it queues
                 # behind other visitors' runs: no full-page spinners meanwhile
                 **then_generate, show_progress="minimal"))

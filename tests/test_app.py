@@ -760,10 +760,28 @@ def test_client_windows_b_sweeps_reads_digits_shares_and_exports(served):
         client.predict('{"steps": "many"}', api_name="/apply_setup")
 
 
-def test_block_lists_follow_a_setup_only_when_one_was_applied(registry):
-    assert app.block_lists_if_pending(registry, "tiny", None) == (gr.skip(), gr.skip())
-    dropdown, strip = app.block_lists_if_pending(registry, "tiny-noskip", {"pending": True})
-    assert len(strip.choices) == len(app.architecture_choices(registry, "tiny-noskip"))
+def test_a_setup_brings_what_follows_its_model_the_trained_note_and_the_block_lists(registry):
+    *_, note, dropdown, strip, pending, _ = app.apply_setup(registry, '{"model": "tiny-noskip"}')
+    assert "*trained* with skips at 28×28 × 0" in note and pending["pending"]
+    assert [choice[1] for choice in strip.choices] == [value for _, value in app.architecture_choices(registry, "tiny-noskip")]
+    assert [choice[1] for choice in dropdown.choices] == [value for _, value in app.block_choices(registry, "tiny-noskip")]
+    assert dropdown.value == app.OPENING_BLOCK  # the page's first maps, as a plain page opens on
+    *_, note, _, _, _, _ = app.apply_setup(registry, '{"model": "tiny"}')
+    assert note == ""  # the note of a model trained without skips does not stay once another is set up
+
+
+def test_the_controls_are_built_for_the_default_model_and_a_page_opens_in_one_event_before_its_run(tiny_weights):
+    demo = app.build_demo(tiny_weights, prefetch=False)
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    resolutions = ModelRegistry(tiny_weights).get(demo_default_model(demo)).unet.skip_resolutions
+    for knob, prefix in (("skips joining", "skip"), ("FreeU b", "freeu-b"), ("FreeU s", "freeu-s")):
+        sliders = [by_id[f"{prefix}-{i}"] for i in range(app.MAX_SKIP_SLIDERS)]
+        assert [(s.visible, s.label) for s in sliders[:len(resolutions)]] == [(True, f"{knob} at {r}×{r}") for r in resolutions]
+        assert not any(s.visible for s in sliders[len(resolutions):])
+    assert by_id["block"].value == app.OPENING_BLOCK
+    loads = [fn for fn in demo.fns.values() if (demo._id, "load") in fn.targets]
+    after_load = [fn for fn in demo.fns.values() if fn.trigger_after in {load._id for load in loads}]
+    assert len(loads) == 1 and [inspect.unwrap(fn.fn).func for fn in after_load] == [app.generate]
 
 
 def test_old_exports_of_every_kind_are_pruned(registry):

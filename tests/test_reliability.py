@@ -348,8 +348,6 @@ def _explore_cases():
         cases.append((f"architecture_strip-model_a-{i}", "architecture_strip", lambda state, v=value: [v], "model A"))
         cases.append((f"options_panel-model_a-{i}", "options_panel", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
         cases.append((f"freeu_preset_values-model_a-{i}", "freeu_preset_values", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
-        cases.append((f"block_lists_if_pending-model_a-{i}", "block_lists_if_pending", lambda state, v=value: [v, {"pending": True}],
-                      "model A"))
         cases.append((f"generate-after-a-setup-model_a-{i}", "generate",  # a setup applied, then its Generate
                       lambda state, v=value: [*_generate_arguments(model_a=v)[:-1], {"pending": True}], "model A"))
     for i, value in enumerate(NOT_A_NAME + ["mid_block.resnets.1.update", "up_blocks.0.resnets.0.skip", "mid_block"]):
@@ -362,8 +360,7 @@ def _explore_cases():
 CASES = _cases()
 NEEDS_REGISTRY = {"generate", "rerun_b", "view_features", "compute_numbers", "ablation_panel", "block_dropdown",
                   "set_b_options", "sweep_ablation", "digit_decides", "current_setup", "apply_setup", "apply_lesson",
-                  "open_from_query", "open_block", "architecture_strip", "options_panel", "freeu_preset_values",
-                  "block_lists_if_pending"}
+                  "open_from_query", "open_block", "architecture_strip", "options_panel", "freeu_preset_values"}
 TAKES_PROGRESS = {"generate", "rerun_b", "compute_numbers", "set_b_options", "sweep_ablation"}
 
 
