@@ -199,11 +199,14 @@ def test_lesson_window_lie_freeu_hspace_sweep_decision_export_and_query_setup_in
         expect(page.locator("#lesson-note")).to_contain_text("What time conditioning does", timeout=60_000)
         expect(numbers).to_contain_text("time embedding off", timeout=180_000)
 
-        # ?setup=<JSON> opens the app in that state; the setup box shows it back after the run
-        setup = {"model": "tiny", "seed": 7, "steps": 5, "batch": 2, "digit": 4, "ablation": {"skip_scale": {"14": 0.5}}}
+        # ?setup=<JSON> opens the app in that state, with what follows its model (here one trained without skips):
+        # the trained note and the opening block's maps; the setup box shows it back after the run
+        setup = {"model": "tiny-noskip", "seed": 7, "steps": 5, "batch": 2, "digit": 4, "ablation": {"skip_scale": {"14": 0.5}}}
         page.goto(server + "?setup=" + urllib.parse.quote(json.dumps(setup)), wait_until="domcontentloaded")
         expect(page.locator("#step-caption")).to_contain_text("finished sample", timeout=180_000)
         expect(page.get_by_label("number input for skips joining at 14×14")).to_have_value("0.5")
+        expect(page.locator("#trained-note")).to_contain_text("was trained with skips at 28×28 × 0")
+        expect(page.locator("#feature-caption")).to_contain_text("mid_block.attentions.0", timeout=60_000)
         page.get_by_role("tab", name="Share and export").click()
         expect(page.locator("#setup-json textarea")).to_have_value(re.compile('"seed": 7'), timeout=60_000)
         browser.close()
