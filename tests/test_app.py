@@ -61,9 +61,11 @@ def test_generate_keeps_both_trajectories_in_the_session_state(registry):
     assert state["a"].x0.shape == (8, 2, 1, 28, 28) and state["b"].x0.shape == (8, 2, 1, 28, 28)
 
 
-def test_intact_b_equals_a_and_the_difference_row_is_blank(registry):
+def test_intact_b_equals_a_and_the_drift_plot_says_why_it_is_flat(registry):
     state, *_ = run_generate(registry)
     assert (state["a"].final == state["b"].final).all()
+    drift, _ = app.render_numbers(registry, state)
+    assert drift.axes[0].get_title() == "B is A here: switch a part of B off to see it drift"
 
 
 def test_an_ablation_changes_b_but_not_a(registry):
@@ -71,6 +73,8 @@ def test_an_ablation_changes_b_but_not_a(registry):
     ablated, *_ = run_generate(registry, skips=(0, 1))
     assert (intact["a"].final == ablated["a"].final).all()
     assert not (intact["b"].final == ablated["b"].final).all()
+    drift, _ = app.render_numbers(registry, ablated)
+    assert drift.axes[0].get_title() == "How far B drifts from A during sampling"
 
 
 def record_sampling_threads(monkeypatch):
