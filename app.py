@@ -448,7 +448,7 @@ def _per_resolution(resolutions, i: int, knob: str) -> dict:
 
 
 def trained_note(model: DiffusionModel) -> str:
-    """What B's model lost in training, which no control can give back."""
+    """What a model lost in training, which no control can give back (shown beside B's ablation controls)."""
     trained = model.unet.training_ablation
     return "" if trained.is_intact else f"`{model.name}` was *trained* with {_describe(trained)}: that always applies to it."
 
@@ -948,12 +948,11 @@ def options_panel(registry, model_a, model_b):
     """FreeU sliders, one b and one s per decoder stage of B's model (like the skip sliders).
 
     Their values stay: the session keeps the gains they last set, and the two must not disagree."""
-    model = _model_b(registry, model_a, model_b)
-    return (*_freeu_sliders(model, "b"), *_freeu_sliders(model, "s"))
+    resolutions = _model_b(registry, model_a, model_b).unet.skip_resolutions
+    return (*_freeu_sliders(resolutions, "b"), *_freeu_sliders(resolutions, "s"))
 
 
-def _freeu_sliders(model, knob, values=None):
-    resolutions = model.unet.skip_resolutions
+def _freeu_sliders(resolutions, knob, values=None):
     return [gr.Slider(**_per_resolution(resolutions, i, f"FreeU {knob}"), **({} if values is None else {"value": values[i]}))
             for i in range(MAX_SKIP_SLIDERS)]
 
@@ -1106,8 +1105,8 @@ def _setup_controls(registry, setup: PlaygroundSetup):
         model.name, SAME_AS_A, digit, setup.guidance, setup.seed,
         setup.sampler, setup.steps, setup.batch, *sliders,
         gr.CheckboxGroup(choices=list(unet.attention_sites), value=sorted(ablation.attention_off)), ablation.time_embedding_off,
-        window.t_min, window.t_max, lie_mode, lie_value, *_freeu_sliders(model, "b", gains["backbone_scale"]),
-        *_freeu_sliders(model, "s", gains["skip_low_freq_scale"]),
+        window.t_min, window.t_max, lie_mode, lie_value, *_freeu_sliders(resolutions, "b", gains["backbone_scale"]),
+        *_freeu_sliders(resolutions, "s", gains["skip_low_freq_scale"]),
         recipe is not None, options["h_edit"].probe_t if recipe else 500, options["h_edit"].component if recipe else 0,
         options["h_edit"].strength if recipe else 2.0, h_window.t_min, h_window.t_max,
         trained_note(model), block_dropdown(registry, model.name), architecture_strip(registry, model.name),
@@ -1266,7 +1265,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
             with gr.Column(scale=1, min_width=300):
                 gr.Markdown("### Ablation of network B\nApplied to every step of B's reverse process. "
                             "Changing a control reruns B only.")
-                # built for the default model, so a page opens with no event to set them up (nor does an API client)
+                # built for the default model: a page opens with no event to set them up, and API clients, who get no
+                # page-load event, see them as a visitor does
                 skip_sliders = [gr.Slider(0, 3, value=1, step=0.05, elem_id=f"skip-{i}", **_per_resolution(default_resolutions, i, "skips joining"))
                                 for i in range(MAX_SKIP_SLIDERS)]
                 attention_off = gr.CheckboxGroup(list(default_model.unet.attention_sites) if default_model else [],
