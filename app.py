@@ -495,30 +495,43 @@ def _generate_request(registry, model_a, model_b, digit, guidance, seed, sampler
     """What Generate runs, from its controls: A's settings, A's model, B's model, B's ablation and options."""
     *skip_values, attention_off, time_off, state = rest
     settings = _settings(sampler, steps, seed, batch, digit, guidance)
-    a_model, b_model = _model(registry, model_a, "model A"), _model_b(registry, model_a, model_b)
-    if a_model.image_shape != b_model.image_shape:
-        raise ValueError(f"A ({a_model.name}) and B ({b_model.name}) make images of different shapes; pick matching models")
+    a_model, b_model = _models(registry, model_a, model_b)
     options = _options_in(state)
     return settings, a_model, b_model, _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options), options
 
 
+def _models(registry, model_a, model_b):
+    """A's model and B's, which must make images of the same shape: B starts from A's noise."""
+    a_model, b_model = _model(registry, model_a, "model A"), _model_b(registry, model_a, model_b)
+    if a_model.image_shape != b_model.image_shape:
+        raise ValueError(f"A ({a_model.name}) and B ({b_model.name}) make images of different shapes; pick matching models")
+    return a_model, b_model
+
+
+def _check_kept_run(state, a_model, b_model=None) -> None:
+    """B reruns against the session's kept run, so A's model must still be the one that ran. B's model may have
+    changed (it is one of B's controls), except for a rerun that keeps B's kept ablation (`b_model` given)."""
+    for network, model, kept in (("model A", a_model, state["model_a"]), ("network B", b_model, state["model_b"])):
+        if model is not None and model.name != kept:
+            raise ValueError(f"{network} is now {model.name!r}, but the run shown is {kept!r}'s: press Generate to run A and B again")
+
+
 def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
-    """The ablation changed: rerun B only, from the same noise and settings as the cached A.
+    """B's ablation or B's model changed: rerun B only, from the same noise and settings as the cached A.
 
     Before the session's first run (the page's own, still on its way, or one that failed) there is nothing to rerun:
     the controls are checked and wait for it, as B's other options do (set_b_options)."""
     *skip_values, attention_off, time_off, state, step = rest
-    a_model, b_model = _model(registry, model_a, "model A"), _model_b(registry, model_a, model_b)
+    a_model, b_model = _models(registry, model_a, model_b)
     options = _options_in(state)
     ablation_b = _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options)
     if not _has_run(state):
         return (gr.skip(),) * (1 + STEP_OUTPUTS + NUMBER_OUTPUTS)
-    if b_model.name != state["model_b"] or a_model.name != state["model_a"]:
-        raise ValueError("The models changed since the last Generate; press Generate to run both again.")
+    _check_kept_run(state, a_model)
     _slider_step(step, state["a"])  # checked before the run, not after a wasted one
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
     b = _finite(_run_b(registry, state["a"], a_model, b_model, ablation_b, report, options), "B")
-    state = dict(state, b=b, ablation_b=ablation_b)
+    state = dict(state, b=b, model_b=b_model.name, ablation_b=ablation_b)
     _prefetch_next(registry, state, b_model)
     step = _slider_step(step, b)
     return (state, *render_step(state, step), *render_numbers(registry, state))
@@ -925,8 +938,7 @@ def set_b_options(registry, model_a, model_b, *rest, progress=gr.Progress()):
     if not _has_run(state):
         return ({"options_b": options}, *[gr.skip()] * (STEP_OUTPUTS + NUMBER_OUTPUTS))
     a_model = _model(registry, model_a, "model A")
-    if b_model.name != state["model_b"] or a_model.name != state["model_a"]:
-        raise ValueError("The models changed since the last Generate; press Generate to run both again.")
+    _check_kept_run(state, a_model, b_model)
     step = _slider_step(step, state["a"])
     ablation_b = _with_freeu(state["ablation_b"], options)
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
@@ -1459,11 +1471,18 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
         numbers_button.click(networked(compute_numbers), [state, step], [eps_plot, spectrum_plot], api_name="numbers",
                              **model_events, **reads_run_sliders)
         gif_button.click(user_errors(export_gif), [state, gif_which], gif, api_name="gif", **view_events)
+        panel_for = {}
         for selector in (model_a, model_b):
-            selector.input(bound(ablation_panel), [model_a, model_b], panel_outputs,
-                           api_name="ablation_panel" if selector is model_a else False)
+            panel_for[selector] = selector.input(bound(ablation_panel), [model_a, model_b], panel_outputs,
+                                                 api_name="ablation_panel" if selector is model_a else False)
             selector.input(bound(options_panel), [model_a, model_b], [*freeu_b, *freeu_s],
                            api_name="options_panel" if selector is model_a else False)
+        # B's model is one of B's controls: B reruns from A's noise, on the panel the new model brings (intact) ...
+        b_changed(panel_for[model_b].success(networked(rerun_b), [model_a, model_b, *ablation_inputs, state, step],
+                                             [state, *step_outputs, *number_outputs], api_name=False, **model_events,
+                                             **reads_run_sliders))
+        # ... while A's sets up the next Generate, as a digit or seed does (guessed once the panel fits it)
+        panel_for[model_a].success(networked(guess_generate), generate_inputs, None, api_name=False, show_progress="hidden")
         model_a.input(bound(block_dropdown), model_a, block, api_name="block_choices")
         model_a.input(bound(architecture_strip), model_a, strip, api_name="architecture")
 

@@ -274,6 +274,46 @@ def test_b_can_be_a_model_trained_without_skips(registry):
     assert not state["b"].settings.ablation.skip_scale  # its training ablation applies inside the model
 
 
+def test_picking_another_model_for_b_reruns_b_alone_from_a_s_noise(registry):
+    """As every other B control does: it used to leave the old B on show, and the next B control then refused."""
+    intact = [1] * app.MAX_SKIP_SLIDERS  # the panel a newly picked model brings
+    state, *_ = run_generate(registry)
+    switched, *pictures, drift, numbers = app.rerun_b(registry, "tiny", "tiny-noskip", *intact, [], False, state, 8,
+                                                      progress=NoProgress())
+    assert switched["a"] is state["a"] and switched["model_b"] == "tiny-noskip"
+    generated, *_ = run_generate(registry, model_b="tiny-noskip")
+    assert torch.equal(switched["b"].final, generated["b"].final)  # what Generate would show for that B
+    assert "**B** = `tiny-noskip`" in numbers
+    back, *_ = app.rerun_b(registry, "tiny", app.SAME_AS_A, *intact, [], False, switched, 8, progress=NoProgress())
+    assert back["model_b"] == "tiny" and torch.equal(back["b"].final, state["a"].final)
+
+
+def test_b_is_not_rerun_against_a_run_of_another_model_a(registry):
+    state, *_ = run_generate(registry)
+    intact = [1] * app.MAX_SKIP_SLIDERS
+    with pytest.raises(gr.Error, match="model A is now 'tiny-noskip', but the run shown is 'tiny''s: press Generate"):
+        app.user_errors(app.rerun_b)(registry, "tiny-noskip", app.SAME_AS_A, *intact, [], False, state, 8,
+                                     progress=NoProgress())
+    # an option change keeps B's kept ablation, which belongs to B's kept model
+    with pytest.raises(gr.Error, match="network B is now 'tiny-noskip', but the run shown is 'tiny''s"):
+        app.user_errors(app.set_b_options)(registry, "tiny", "tiny-noskip", *option_values(), state, 2,
+                                           progress=NoProgress())
+
+
+def test_a_model_picked_for_b_reruns_b_and_one_for_a_is_guessed_once_the_panel_fits_it(tiny_weights):
+    demo = app.build_demo(tiny_weights, prefetch=False)
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+
+    def chained_after_the_panel(selector):
+        panel = [fn for fn in demo.fns.values() if (selector._id, "input") in fn.targets
+                 and inspect.unwrap(fn.fn).func is app.ablation_panel]
+        assert len(panel) == 1
+        return [inspect.unwrap(fn.fn).func for fn in demo.fns.values() if fn.trigger_after == panel[0]._id]
+
+    assert chained_after_the_panel(by_id["model-b"]) == [app.rerun_b]
+    assert chained_after_the_panel(by_id["model-a"]) == [app.guess_generate]
+
+
 def test_feature_view_shows_three_views_for_a_and_b_with_a_caption(registry):
     state, *_ = run_generate(registry)
     *images, legend, caption = app.view_features(registry, state, 2, "mid_block.attentions.0", 1, "channel")
@@ -505,13 +545,15 @@ def test_every_event_is_listed_in_the_api(served):
 def test_client_generates_scrubs_ablates_and_views_features(served):
     client = Client(served, verbose=False)
     generated = client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 6, 2, 1, 1, 1, 1, 1, [], False, api_name="/generate")
-    assert "step" not in generated[-1] or generated[-1]  # numbers markdown present
+    assert "**A** = `tiny` intact · **B** = `tiny` with nothing switched off" in generated[-1]
     scrubbed = client.predict(2, api_name="/scrub")
     assert "step 3 of 6" in scrubbed[-1]
     ablated = client.predict("tiny", app.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 2, api_name="/ablate")
     assert "skips at 28×28 × 0" in ablated[-1]
     features = client.predict(2, "mid_block.attentions.0", 0, "global", api_name="/features")
     assert "mid_block.attentions.0" in features[-1]
+    switched = client.predict("tiny", "tiny-noskip", 1, 1, 1, 1, 1, [], False, 2, api_name="/ablate")
+    assert "**B** = `tiny-noskip` with nothing switched off" in switched[-1]
 
 
 def test_network_events_draw_their_figures_on_the_network_thread(served, monkeypatch):

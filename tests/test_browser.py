@@ -111,6 +111,17 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         expect(page.locator("#feat-B-channels img").first).not_to_have_attribute("src", maps_b_before, timeout=30_000)
         assert image_source(page, "feat-A-channels") == maps_a_before
 
+        # pick a model trained without skips as network B: B alone reruns from A's noise, on the intact panel the new
+        # model brings (the 28x28 skip set above is back at 1, and the rerun read it so)
+        b_before = image_source(page, "img-B-x0")
+        page.locator("#model-b input").click()
+        page.get_by_role("option", name="tiny-noskip").click()
+        expect(page.locator("#numbers")).to_contain_text("B = tiny-noskip with nothing switched off", timeout=30_000)
+        expect(page.locator("#trained-note")).to_contain_text("tiny-noskip was trained with skips at 28×28 × 0")
+        assert image_source(page, "img-B-x0") != b_before
+        assert image_source(page, "img-A-x0") == a_before
+        assert toasts(page) == []
+
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
 
         # a broken setup in the address is refused in a toast, and the page still opens on its defaults' run
