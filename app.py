@@ -554,14 +554,24 @@ def _worth_prefetching(registry, settings, options) -> bool:
 
 
 def _prefetch_next(registry, state, b_model):
-    """Name B's runs one switch away (each skip, attention site and time flipped) for the idle time, so the
-    switch a visitor flips next is likely answered from the kept trajectories."""
+    """Name B's runs one switch away (each skip, attention site and time flipped, then each other model picked
+    as B) for the idle time, so the switch a visitor flips next is likely answered from the kept trajectories."""
     settings, options = state["a"].settings, state["options_b"]
     if not _worth_prefetching(registry, settings, options):
         return
     unet = b_model.unet
     runs = [(b_model, _b_settings(registry, settings, b_model, ablation, options))
             for ablation in state["ablation_b"].one_switch_away(unet.skip_resolutions, unet.attention_sites)]
+    a_model = registry.get(state["model_a"])
+    for name in registry.available:
+        try:
+            other = registry.get(name)  # loaded with the server
+            if other is a_model or other is b_model or other.image_shape != a_model.image_shape:
+                continue  # B on A's model, intact, is A itself
+            # intact, as the panel a newly picked model brings, with the session's FreeU gains
+            runs.append((other, _b_settings(registry, settings, other, _with_freeu(Ablation(), options), options)))
+        except ValueError:
+            continue  # a broken model, or FreeU gains at resolutions it lacks: picking it will say so
     NETWORK_THREAD.prefetch(registry.trajectories, runs)
 
 

@@ -128,9 +128,9 @@ def forbidden_forward(*args, **kwargs):
     raise AssertionError("the model ran")
 
 
-def rerun(registry, state, skips=(1, 1), attention_off=(), time_off=False):
+def rerun(registry, state, skips=(1, 1), attention_off=(), time_off=False, model_b=app.SAME_AS_A):
     skip_values = list(skips) + [1] * (app.MAX_SKIP_SLIDERS - len(skips))
-    return app.rerun_b(registry, "tiny", app.SAME_AS_A, *skip_values, list(attention_off), time_off, state, 8,
+    return app.rerun_b(registry, "tiny", model_b, *skip_values, list(attention_off), time_off, state, 8,
                        progress=NoProgress())[0]
 
 
@@ -138,8 +138,9 @@ def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_sw
     registry = ModelRegistry(tiny_weights, prefetch=True)
     state, *_ = run_generate(registry, skips=(0, 1), seed=11)
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
-    # A and B, then every neighbour of B but the one that is A (28×28 back on): 14×14 off, four sites, time
-    assert len(registry.trajectories) == 2 + 1 + 4 + 1
+    # A and B, then every neighbour of B but the one that is A (28×28 back on): 14×14 off, four sites, time, and
+    # the other model picked as B
+    assert len(registry.trajectories) == 2 + 1 + 4 + 1 + 1
     real_forward = registry.get("tiny").unet.forward
     monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
     # first, while no answer below has named new guesses: each has its own neighbours, this one among them (CI once
@@ -152,6 +153,12 @@ def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_sw
         monkeypatch.setattr(registry.get("tiny").unet, "forward", real_forward)
         assert torch.equal(answered["b"].x_t, playground.sampling.sample(registry.get("tiny"), answered["b"].settings).x_t)
         monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
+    other = registry.get("tiny-noskip")
+    real_other_forward = other.unet.forward
+    monkeypatch.setattr(other.unet, "forward", forbidden_forward)
+    answered = rerun(registry, state, model_b="tiny-noskip")  # the panel it brings is intact
+    monkeypatch.setattr(other.unet, "forward", real_other_forward)
+    assert torch.equal(answered["b"].x_t, playground.sampling.sample(other, answered["b"].settings).x_t)
 
 
 def test_the_run_a_page_opens_on_is_guessed_as_the_server_starts(tiny_weights, monkeypatch):
@@ -166,8 +173,10 @@ def test_the_run_a_page_opens_on_is_guessed_as_the_server_starts(tiny_weights, m
     monkeypatch.setattr(registry.get(demo_default_model(demo)).unet, "forward", forbidden_forward)
     state, *_ = app.generate(registry, *(component.value for component in generate.inputs[:-1]), None, progress=NoProgress())
     assert state["b"] is state["a"] and len(state["a"]) == 50
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)  # that Generate's own guesses (B one switch away)
+    guessed_before = app.NETWORK_THREAD.prefetched
     app.build_demo(tiny_weights, prefetch=False)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120) and app.NETWORK_THREAD.prefetched - guessed_before == 1
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120) and app.NETWORK_THREAD.prefetched == guessed_before
 
 
 def demo_default_model(demo):
@@ -182,6 +191,7 @@ def test_an_ablation_set_before_the_first_generate_is_guessed_with_it(tiny_weigh
     monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
     state, *_ = app.generate(registry, *controls, None, progress=NoProgress())  # the click: no network
     assert not state["b"].settings.ablation.is_intact
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)  # that Generate's own guesses (B one switch away)
     kept = len(registry.trajectories)
     app.guess_first_generate(registry, *controls[:8], *[1] * app.MAX_SKIP_SLIDERS, [], False, state)  # after a run: B reran
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120) and len(registry.trajectories) == kept
@@ -211,8 +221,8 @@ def test_no_run_is_guessed_without_prefetch_nor_beyond_the_page_defaults_nor_for
     set_options(edited, state, h_on=True, component=1, strength=5.0)
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
     assert len(quiet.trajectories) == len(large.trajectories) == 2
-    assert len(edited.trajectories) == 1 + 2 + 4 + 1  # the intact run's neighbours ...
-    assert app.NETWORK_THREAD.prefetched - computed_before == 2 + 4 + 1  # ... and none of the edit's (never kept)
+    assert len(edited.trajectories) == 1 + 2 + 4 + 1 + 1  # the intact run's neighbours (the other model as B last) ...
+    assert app.NETWORK_THREAD.prefetched - computed_before == 2 + 4 + 1 + 1  # ... and none of the edit's (never kept)
 
 
 def test_side_by_side_passes_b_s_error_on_and_restores_the_thread_count():
