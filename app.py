@@ -996,8 +996,7 @@ def sweep_ablation(registry, state, windows, progress=gr.Progress()):
     if windows > a.settings.steps:
         raise ValueError(f"windows must be at most the {a.settings.steps} steps of this run, got {windows}")
     if state["model_b"] != state["model_a"]:
-        raise ValueError("The sweep moves B's ablation over t on model A; set Network B to "
-                         f"'{SAME_AS_A}' and press Generate.")
+        raise ValueError(f"The sweep moves B's ablation over t on model A; set Network B to '{SAME_AS_A}' first")
     ablation = state["ablation_b"]
     if ablation.is_intact:
         raise ValueError("Set an ablation for B first (e.g. a skip scale of 0): the intact network has nothing to sweep.")

@@ -706,10 +706,13 @@ def test_the_sweep_plots_one_point_per_window_and_tabulates_them(registry):
     assert table.count("\n| ") == 3 and "Applied at every step" in table
 
 
-def test_the_sweep_needs_an_ablation(registry):
+def test_the_sweep_needs_an_ablation_of_model_a(registry):
     state, *_ = run_generate(registry)
     with pytest.raises(gr.Error, match="Set an ablation for B first"):
         app.user_errors(app.sweep_ablation)(registry, state, 3, progress=NoProgress())
+    other, *_ = run_generate(registry, model_b="tiny-noskip")
+    with pytest.raises(gr.Error, match="set Network B to 'A with the ablation' first"):
+        app.user_errors(app.sweep_ablation)(registry, other, 3, progress=NoProgress())
 
 
 def test_digit_decision_gives_curves_for_a_and_b_and_a_step_per_sample(registry):
