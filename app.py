@@ -554,15 +554,16 @@ def _worth_prefetching(registry, settings, options) -> bool:
 
 
 def _prefetch_next(registry, state, b_model):
-    """Name B's runs one switch away (each skip, attention site and time flipped, then each other model picked
-    as B) for the idle time, so the switch a visitor flips next is likely answered from the kept trajectories."""
+    """Name B's runs one switch away (each other model picked as B, then each skip, attention site and time
+    flipped) for the idle time, so the switch a visitor flips next is likely answered from the kept trajectories.
+
+    The other models come first: intact, they do not depend on B's switches, so once guessed they answer a pick of
+    that model however B is switched later in this A run. Last in the list, they waited behind the flagship's 11
+    switches (a minute of idle time at batch 4), and each switch sent them back there."""
     settings, options = state["a"].settings, state["options_b"]
     if not _worth_prefetching(registry, settings, options):
         return
-    unet = b_model.unet
-    runs = [(b_model, _b_settings(registry, settings, b_model, ablation, options))
-            for ablation in state["ablation_b"].one_switch_away(unet.skip_resolutions, unet.attention_sites)]
-    a_model = registry.get(state["model_a"])
+    runs, a_model = [], registry.get(state["model_a"])
     for name in registry.available:
         try:
             other = registry.get(name)  # loaded with the server
@@ -572,6 +573,9 @@ def _prefetch_next(registry, state, b_model):
             runs.append((other, _b_settings(registry, settings, other, _with_freeu(Ablation(), options), options)))
         except ValueError:
             continue  # a broken model, or FreeU gains at resolutions it lacks: picking it will say so
+    unet = b_model.unet
+    runs += [(b_model, _b_settings(registry, settings, b_model, ablation, options))
+             for ablation in state["ablation_b"].one_switch_away(unet.skip_resolutions, unet.attention_sites)]
     NETWORK_THREAD.prefetch(registry.trajectories, runs)
 
 

@@ -221,7 +221,7 @@ def test_no_run_is_guessed_without_prefetch_nor_beyond_the_page_defaults_nor_for
     set_options(edited, state, h_on=True, component=1, strength=5.0)
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
     assert len(quiet.trajectories) == len(large.trajectories) == 2
-    assert len(edited.trajectories) == 1 + 2 + 4 + 1 + 1  # the intact run's neighbours (the other model as B last) ...
+    assert len(edited.trajectories) == 1 + 2 + 4 + 1 + 1  # the intact run's neighbours (the other model as B among them) ...
     assert app.NETWORK_THREAD.prefetched - computed_before == 2 + 4 + 1 + 1  # ... and none of the edit's (never kept)
 
 
