@@ -138,8 +138,8 @@ def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_sw
     registry = ModelRegistry(tiny_weights, prefetch=True)
     state, *_ = run_generate(registry, skips=(0, 1), seed=11)
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
-    # A and B, then every neighbour of B but the one that is A (28×28 back on): 14×14 off, four sites, time, and
-    # the other model picked as B
+    # A and B, then every neighbour of B but the one that is A (28×28 back on): the other model picked as B,
+    # 14×14 off, four sites, time
     assert len(registry.trajectories) == 2 + 1 + 4 + 1 + 1
     real_forward = registry.get("tiny").unet.forward
     monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
@@ -288,8 +288,7 @@ def test_picking_another_model_for_b_reruns_b_alone_from_a_s_noise(registry):
     """As every other B control does: it used to leave the old B on show, and the next B control then refused."""
     intact = [1] * app.MAX_SKIP_SLIDERS  # the panel a newly picked model brings
     state, *_ = run_generate(registry)
-    switched, *pictures, drift, numbers = app.rerun_b(registry, "tiny", "tiny-noskip", *intact, [], False, state, 8,
-                                                      progress=NoProgress())
+    switched, *_, numbers = app.rerun_b(registry, "tiny", "tiny-noskip", *intact, [], False, state, 8, progress=NoProgress())
     assert switched["a"] is state["a"] and switched["model_b"] == "tiny-noskip"
     generated, *_ = run_generate(registry, model_b="tiny-noskip")
     assert torch.equal(switched["b"].final, generated["b"].final)  # what Generate would show for that B
