@@ -435,9 +435,33 @@ def describe_models(registry: ModelRegistry) -> str:
 def ablation_panel(registry: ModelRegistry, model_a, model_b):
     """The ablation controls for network B, built from B's own introspection."""
     model = _model_b(registry, model_a, model_b)
-    sliders = [gr.Slider(value=1.0, **_per_resolution(model.unet.skip_resolutions, i, "skips joining")) for i in range(MAX_SKIP_SLIDERS)]
-    sites = gr.CheckboxGroup(choices=list(model.unet.attention_sites), value=[])
-    return (*sliders, sites, gr.Checkbox(value=False), trained_note(model))
+    return (*_ablation_controls(model.unet), trained_note(model))
+
+
+def _ablation_controls(unet, skip_gains=(1.0,) * MAX_SKIP_SLIDERS, attention_off=(), time_off=False) -> list:
+    """B's skip sliders, attention sites and time switch for this model, set to an ablation."""
+    sites = _attention_look(unet)
+    return [*(gr.Slider(value=gain, **_skip_slider_look(unet, i)) for i, gain in enumerate(skip_gains)),
+            gr.CheckboxGroup(value=[site for site in attention_off if site in sites["choices"]], **sites),
+            gr.Checkbox(value=time_off, **_time_look(unet))]
+
+
+# Only what an ablation can still change is offered: a part training already took out (a skip cut to zero, an
+# attention site or the time embedding trained off) would move nothing, and the trained note says it is gone.
+def _skip_slider_look(unet, i: int) -> dict:
+    """Skip slider i for this model: hidden past its resolutions, locked where training cut the skips."""
+    look = _per_resolution(unet.skip_resolutions if unet is not None else (), i, "skips joining")
+    locked = look["visible"] and unet.skip_resolutions[i] not in unet.switchable_skip_resolutions
+    return look | ({"label": f"{look['label']} (trained without)", "interactive": False} if locked else {"interactive": True})
+
+
+def _attention_look(unet) -> dict:
+    sites = list(unet.switchable_attention_sites) if unet is not None else []
+    return {"choices": sites, "visible": bool(sites)}
+
+
+def _time_look(unet) -> dict:
+    return {"interactive": unet is None or not unet.training_ablation.time_embedding_off}
 
 
 def _per_resolution(resolutions, i: int, knob: str) -> dict:
@@ -573,9 +597,9 @@ def _prefetch_next(registry, state, b_model):
             runs.append((other, _b_settings(registry, settings, other, _with_freeu(Ablation(), options), options)))
         except ValueError:
             continue  # a broken model, or FreeU gains at resolutions it lacks: picking it will say so
-    unet = b_model.unet
-    runs += [(b_model, _b_settings(registry, settings, b_model, ablation, options))
-             for ablation in state["ablation_b"].one_switch_away(unet.skip_resolutions, unet.attention_sites)]
+    unet = b_model.unet  # the switches its panel offers
+    runs += [(b_model, _b_settings(registry, settings, b_model, ablation, options)) for ablation in
+             state["ablation_b"].one_switch_away(unet.switchable_skip_resolutions, unet.switchable_attention_sites)]
     NETWORK_THREAD.prefetch(registry.trajectories, runs)
 
 
@@ -1125,17 +1149,15 @@ def _setup_controls(registry, setup: PlaygroundSetup):
                        recipe is not None, recipe.probe_t if recipe else 500, recipe.component if recipe else 0,
                        recipe.strength if recipe else 2.0, h_window.t_min, h_window.t_max)
     digit = DIGIT_CHOICES[0] if setup.digit is None else str(setup.digit)
-    sliders = [gr.Slider(value=g, **_per_resolution(resolutions, i, "skips joining")) for i, g in enumerate(gains["skip_scale"])]
     return (
-        model.name, SAME_AS_A, digit, setup.guidance, setup.seed,
-        setup.sampler, setup.steps, setup.batch, *sliders,
-        gr.CheckboxGroup(choices=list(unet.attention_sites), value=sorted(ablation.attention_off)), ablation.time_embedding_off,
+        model.name, SAME_AS_A, digit, setup.guidance, setup.seed, setup.sampler, setup.steps, setup.batch,
+        *_ablation_controls(unet, gains["skip_scale"], sorted(ablation.attention_off), ablation.time_embedding_off),
         window.t_min, window.t_max, lie_mode, lie_value, *_freeu_sliders(resolutions, "b", gains["backbone_scale"]),
         *_freeu_sliders(resolutions, "s", gains["skip_low_freq_scale"]),
         recipe is not None, options["h_edit"].probe_t if recipe else 500, options["h_edit"].component if recipe else 0,
         options["h_edit"].strength if recipe else 2.0, h_window.t_min, h_window.t_max,
         trained_note(model), block_dropdown(registry, model.name), architecture_strip(registry, model.name),
-        {"options_b": options, "pending": True},
+        {"options_b": options},
     )
 
 
@@ -1260,7 +1282,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
     models = registry.available
     default_a = "mnist" if "mnist" in models else (models[0] if models else None)
     default_model = registry.get(default_a) if default_a else None
-    default_resolutions = default_model.unet.skip_resolutions if default_model else ()
+    default_unet = default_model.unet if default_model else None
+    default_resolutions = default_unet.skip_resolutions if default_unet else ()
     bound = lambda handler: user_errors(functools.partial(handler, registry))  # noqa: E731
     networked = lambda handler: user_errors(on_network_thread(figures_drawn(functools.partial(handler, registry))))  # noqa: E731
 
@@ -1292,12 +1315,12 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                             "Changing a control reruns B only.")
                 # built for the default model: a page opens with no event to set them up, and API clients, who get no
                 # page-load event, see them as a visitor does
-                skip_sliders = [gr.Slider(0, 3, value=1, step=0.05, elem_id=f"skip-{i}", **_per_resolution(default_resolutions, i, "skips joining"))
+                skip_sliders = [gr.Slider(0, 3, value=1, step=0.05, elem_id=f"skip-{i}", **_skip_slider_look(default_unet, i))
                                 for i in range(MAX_SKIP_SLIDERS)]
-                attention_off = gr.CheckboxGroup(list(default_model.unet.attention_sites) if default_model else [],
-                                                 label="Attention switched off", elem_id="attention-off",
-                                                 info="the site's residual path alone flows on")
-                time_off = gr.Checkbox(False, label="Hide the timestep (time embedding → 0)", elem_id="time-off")
+                attention_off = gr.CheckboxGroup(label="Attention switched off", elem_id="attention-off",
+                                                 info="the site's residual path alone flows on", **_attention_look(default_unet))
+                time_off = gr.Checkbox(False, label="Hide the timestep (time embedding → 0)", elem_id="time-off",
+                                       **_time_look(default_unet))
                 model_note = gr.Markdown(trained_note(default_model) if default_model else "", elem_id="trained-note")
                 gr.Markdown("Skip scale: 0 = off, below 1 weakens, above 1 amplifies (FreeU-style).")
         with gr.Accordion("Network B over time: t-window, timestep lie, FreeU, h-space (any change reruns B)", open=False,
@@ -1354,7 +1377,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                          label="Architecture: click a block (↓ encoder, • bottleneck, ↑ decoder) to open its output maps")
         with gr.Row():
             choices = block_choices(registry, default_a) if default_a else []
-            block = gr.Dropdown(choices, value=opening_block(choices), label="Block", elem_id="block")
+            # twice the room of its neighbours: its entries are long ("bottleneck · 7×7 · mid_block.attentions.0 (96 ch)")
+            block = gr.Dropdown(choices, value=opening_block(choices), label="Block", elem_id="block", scale=2)
             sample_index = gr.Slider(0, 3, value=0, step=1, label="Sample", elem_id="sample-index")
             range_mode = gr.Radio(list(RANGE_MODES), value="block", label="Colour range", elem_id="range-mode",
                                   info="per channel / one range for the block / one range for every block")

@@ -30,27 +30,26 @@ BANDS = {"small t (≤50)": (0, 50), "medium t (100–500)": (100, 500), "large 
 
 
 def single_part_ablations(model: DiffusionModel) -> dict[str, Ablation]:
+    """One part at a time, of those training left in (a variant's missing parts are already off)."""
     unet = model.unet
+    resolutions = unet.switchable_skip_resolutions
     ablations = {"intact": Ablation()}
-    ablations |= {f"skips {r}px off": Ablation(skip_scale={r: 0.0}) for r in unet.skip_resolutions}
-    ablations |= {f"attn {site} off": Ablation(attention_off={site}) for site in unet.attention_sites
-                  if site not in unet.training_ablation.attention_off}
+    ablations |= {f"skips {r}px off": Ablation(skip_scale={r: 0.0}) for r in resolutions}
+    ablations |= {f"attn {site} off": Ablation(attention_off={site}) for site in unet.switchable_attention_sites}
     ablations["time off"] = Ablation(time_embedding_off=True)
-    ablations["skips ×0.5 (FreeU-style)"] = Ablation(skip_scale={r: 0.5 for r in unet.skip_resolutions})
-    if unet.training_ablation.skip_scale:  # skips of a no-skip model are already off
-        ablations = {k: v for k, v in ablations.items() if not k.startswith("skips")}
+    if resolutions:
+        ablations["skips ×0.5 (FreeU-style)"] = Ablation(skip_scale={r: 0.5 for r in resolutions})
     return ablations
 
 
 def part_groups(model: DiffusionModel) -> dict[str, Ablation]:
-    """Whole parts for the window sweeps (each one switched off everywhere it exists in this model)."""
-    unet, trained = model.unet, model.unet.training_ablation
+    """Whole parts for the window sweeps (each one switched off everywhere training left it in this model)."""
+    unet = model.unet
     groups = {}
-    if not trained.skip_scale:
-        groups["skips off"] = Ablation(skip_scale={r: 0.0 for r in unet.skip_resolutions})
-    sites = [s for s in unet.attention_sites if s not in trained.attention_off]
-    if sites:
-        groups["attention off"] = Ablation(attention_off=sites)
+    if unet.switchable_skip_resolutions:
+        groups["skips off"] = Ablation(skip_scale={r: 0.0 for r in unet.switchable_skip_resolutions})
+    if unet.switchable_attention_sites:
+        groups["attention off"] = Ablation(attention_off=unet.switchable_attention_sites)
     groups["time off"] = Ablation(time_embedding_off=True)
     return groups
 

@@ -523,6 +523,17 @@ class PlaygroundUNet(CheckedLoading, ModelMixin, ConfigMixin):
         return tuple(name for name, module in self.named_modules() if isinstance(module, SelfAttention))
 
     @property
+    def switchable_skip_resolutions(self) -> tuple[int, ...]:
+        """The skip resolutions an ablation can still change: not those training cut to zero (a gain there multiplies
+        nothing)."""
+        return tuple(r for r in self.skip_resolutions if self.training_ablation.skip_gain(r) != 0.0)
+
+    @property
+    def switchable_attention_sites(self) -> tuple[str, ...]:
+        """The attention sites an ablation can still switch off: not those training already had off."""
+        return tuple(site for site in self.attention_sites if site not in self.training_ablation.attention_off)
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
         """Names of the maps `capture_features=True` returns, in forward order."""
         return tuple(self.feature_shapes())

@@ -256,6 +256,14 @@ def test_an_explicit_ablation_composes_with_the_training_ablation(trained_withou
     )
 
 
+def test_only_parts_training_left_in_are_switchable(trained_without_parts):
+    unet = trained_without_parts
+    assert unet.switchable_skip_resolutions == unet.skip_resolutions  # a gain of 0.5 still has a skip to scale
+    assert unet.switchable_attention_sites == tuple(s for s in unet.attention_sites if s != "mid_block.attentions.0")
+    cut = build_unet(THREE_LEVEL_UNET, training_ablation={"skip_scale": {"8": 0}})
+    assert cut.switchable_skip_resolutions == tuple(r for r in cut.skip_resolutions if r != 8)
+
+
 def test_a_training_ablation_naming_missing_parts_is_refused():
     with pytest.raises(ValueError, match="valid skip resolutions"):
         PlaygroundUNet(**THREE_LEVEL_UNET, training_ablation={"skip_scale": {"28": 0}})

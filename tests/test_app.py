@@ -161,6 +161,31 @@ def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_sw
     assert torch.equal(answered["b"].x_t, playground.sampling.sample(other, answered["b"].settings).x_t)
 
 
+def test_b_s_skips_that_training_cut_are_locked_and_not_guessed(tiny_weights):
+    """On a model trained without skips a skip slider would move nothing: it is locked, and no idle time goes on it."""
+    registry = ModelRegistry(tiny_weights, prefetch=True)
+    *sliders, sites, time_off, note = app.ablation_panel(registry, "tiny", "tiny-noskip")
+    assert [(s.label, s.interactive) for s in sliders[:2]] == [
+        ("skips joining at 28×28 (trained without)", False), ("skips joining at 14×14 (trained without)", False)]
+    assert "*trained* with skips" in note and sites.visible and time_off.interactive
+    *sliders, _, _, note = app.ablation_panel(registry, "tiny", app.SAME_AS_A)
+    assert [(s.label, s.interactive) for s in sliders[:2]] == [("skips joining at 28×28", True), ("skips joining at 14×14", True)]
+    run_generate(registry, model_b="tiny-noskip", seed=41)
+    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    # A and B, then B one switch away: four sites and time, no skip (and tiny picked as B, intact, is A)
+    assert len(registry.trajectories) == 2 + 4 + 1
+
+
+def test_attention_trained_off_is_not_offered_and_with_none_left_the_group_hides():
+    sites = PlaygroundUNet(**TINY_UNET).attention_sites
+    partly = PlaygroundUNet(**TINY_UNET, training_ablation={"attention_off": [sites[0]]})
+    *_, group, _ = app._ablation_controls(partly, attention_off=[sites[0], sites[1]])  # a setup may name either
+    assert [choice[1] for choice in group.choices] == list(sites[1:]) and group.value == [sites[1]] and group.visible
+    without = PlaygroundUNet(**TINY_UNET, training_ablation={"attention_off": list(sites), "time_embedding_off": True})
+    *_, group, time_off = app._ablation_controls(without)
+    assert group.choices == [] and not group.visible and not time_off.interactive
+
+
 def test_the_run_a_page_opens_on_is_guessed_as_the_server_starts(tiny_weights, monkeypatch):
     assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
     guessed_before = app.NETWORK_THREAD.prefetched
@@ -728,12 +753,12 @@ def test_the_setup_json_round_trips_to_the_same_pixels(registry):
     text = app.refresh_setup(registry, state)
     controls = app.apply_setup(registry, text)
     assert len(controls) == app.SETUP_OUTPUTS
-    *values, pending, note = controls
-    assert pending["pending"] and pending["options_b"] == state["options_b"]
+    *values, session, note = controls
+    assert session == {"options_b": state["options_b"]}  # a session of options alone, until the Generate that follows
     model_a, model_b, digit, *rest = values
     replay, *_ = app.generate(registry, model_a, model_b, digit, *rest[:5],
-                              *[slider.value for slider in rest[5:10]], rest[10].value, rest[11], pending, progress=NoProgress())
-    assert torch.equal(replay["b"].final, state["b"].final) and "pending" not in replay
+                              *[slider.value for slider in rest[5:10]], rest[10].value, rest[11].value, session, progress=NoProgress())
+    assert torch.equal(replay["b"].final, state["b"].final)
 
 
 def test_bad_setup_json_names_the_field(registry):
@@ -746,7 +771,7 @@ def test_bad_setup_json_names_the_field(registry):
 def test_a_lesson_sets_the_controls_and_explains_itself(registry):
     *controls, state, note = app.apply_lesson(registry, "what skips do", "tiny")
     skip_sliders = controls[8:8 + app.MAX_SKIP_SLIDERS]
-    assert [s.value for s in skip_sliders[:2]] == [0.0, 0.0] and state["pending"]
+    assert [s.value for s in skip_sliders[:2]] == [0.0, 0.0] and set(state) == {"options_b"}
     assert "What skips do" in note and "sweep" in note
 
 
@@ -758,7 +783,7 @@ class FakeRequest:
 def test_query_parameters_open_a_lesson_or_a_setup_and_nothing_else_changes_without(registry):
     assert all(v == gr.skip() for v in app.open_from_query(registry, "tiny", FakeRequest()))
     lesson = app.open_from_query(registry, "tiny", FakeRequest(lesson="time"))
-    assert lesson[9 + app.MAX_SKIP_SLIDERS] is True  # the time-embedding switch
+    assert lesson[9 + app.MAX_SKIP_SLIDERS].value is True  # the time-embedding switch
     setup = app.open_from_query(registry, "tiny", FakeRequest(setup='{"model": "tiny", "seed": 7, "steps": 3}'))
     assert setup[4] == 7 and setup[6] == 3
     with pytest.raises(gr.Error, match="lesson"):
@@ -766,10 +791,10 @@ def test_query_parameters_open_a_lesson_or_a_setup_and_nothing_else_changes_with
 
 
 def test_a_setup_applied_is_generated_with_the_options_it_set_for_b(registry):
-    *_, pending, _ = app.apply_setup(registry, '{"model": "tiny", "steps": 3, "batch": 1, "window": [0, 400]}')
+    *_, session, _ = app.apply_setup(registry, '{"model": "tiny", "steps": 3, "batch": 1, "window": [0, 400]}')
     state, *_ = app.generate(registry, "tiny", app.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 0, 1, 1, 1, 1, [], False,
-                             pending, progress=NoProgress())
-    assert len(state["a"]) == 3 and "pending" not in state
+                             session, progress=NoProgress())
+    assert len(state["a"]) == 3
     assert state["b"].settings.ablation_window == app.Window(0, 400)
 
 
@@ -819,8 +844,8 @@ def test_client_windows_b_sweeps_reads_digits_shares_and_exports(served):
 
 
 def test_a_setup_brings_what_follows_its_model_the_trained_note_and_the_block_lists(registry):
-    *_, note, dropdown, strip, pending, _ = app.apply_setup(registry, '{"model": "tiny-noskip"}')
-    assert "*trained* with skips at 28×28 × 0" in note and pending["pending"]
+    *_, note, dropdown, strip, _, _ = app.apply_setup(registry, '{"model": "tiny-noskip"}')
+    assert "*trained* with skips at 28×28 × 0" in note
     assert [choice[1] for choice in strip.choices] == [value for _, value in app.architecture_choices(registry, "tiny-noskip")]
     assert [choice[1] for choice in dropdown.choices] == [value for _, value in app.block_choices(registry, "tiny-noskip")]
     assert dropdown.value == app.OPENING_BLOCK  # the page's first maps, as a plain page opens on

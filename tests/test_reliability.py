@@ -349,7 +349,7 @@ def _explore_cases():
         cases.append((f"options_panel-model_a-{i}", "options_panel", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
         cases.append((f"freeu_preset_values-model_a-{i}", "freeu_preset_values", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
         cases.append((f"generate-after-a-setup-model_a-{i}", "generate",  # a setup applied, then its Generate
-                      lambda state, v=value: [*_generate_arguments(model_a=v)[:-1], {"pending": True}], "model A"))
+                      lambda state, v=value: [*_generate_arguments(model_a=v)[:-1], {"options_b": app.NO_OPTIONS}], "model A"))
     for i, value in enumerate(NOT_A_NAME + ["mid_block.resnets.1.update", "up_blocks.0.resnets.0.skip", "mid_block"]):
         cases.append((f"open_block-block-{i}", "open_block", lambda state, v=value: ["tiny", v], "block"))
     for i, value in enumerate(GENERATE["model_b"][0]):
