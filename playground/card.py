@@ -160,13 +160,18 @@ def _stage_lines(stages: list[dict], hardware: str) -> list[str]:
     return lines
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _run_summary(stage: dict) -> str:
     cfg = stage["train_config"]
     return (f"{stage['steps']} steps of batch {cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images); "
             f"AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_ratio']}×, gradient clip "
             f"{cfg['grad_clip']}, EMA {cfg['ema_decay']}, null label for {cfg['uncond_prob']:.0%} of examples, "
             f"{_loss_weighting(cfg)}, seed {cfg['seed']}; "
-            f"wall time {stage['wall_seconds'] / 3600:.2f} h ({stage['torch_threads']} torch threads, device {stage['device']}); "
+            f"wall time {stage['wall_seconds'] / 3600:.2f} h ({_count(stage['torch_threads'], 'torch thread')}, "
+            f"device {stage['device']}); "
             f"final training loss (running mean) {stage['final_loss_ema']:.4f}")
 
 

@@ -132,7 +132,8 @@ def earlier_training_stages(init_from: str | None) -> list[dict]:
 
 def export_pipeline(model: PlaygroundUNet, ema: EMAModel, scheduler: DDPMScheduler, out: Path, card: dict) -> None:
     """Write the EMA weights as a diffusers DDPMPipeline folder (what `weights/<name>/` holds)."""
-    ema_model = PlaygroundUNet.from_config(model.config)
+    # without diffusers' notes on where the config was loaded from (`_name_or_path`: the --init-from folder)
+    ema_model = PlaygroundUNet.from_config({key: value for key, value in model.config.items() if not key.startswith("_")})
     ema.copy_to(ema_model.parameters())
     write_pipeline_folder(out, ema_model, scheduler, card)
 

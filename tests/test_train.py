@@ -118,6 +118,7 @@ def test_a_run_started_from_shipped_weights_records_their_training_and_its_card_
     assert first_stage.pop("earlier_stages") == []
     assert record["earlier_stages"] == [first_stage]  # flattened: a third stage would list two, oldest first
     assert record["train_config"]["init_from"] == str(trained)
+    assert "_name_or_path" not in json.loads((continued / "unet" / "config.json").read_text())  # no path of this machine
 
     card = render_card(continued, None, "a test machine")
     assert "stage 1, from random initialisation" in card
