@@ -1548,12 +1548,19 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
 QUEUE_POLL_S = 0.005
 
 
+# The theme draws a locked slider (a skip that B's model was trained without) like a live one: grey it out.
+PAGE_CSS = """
+.gradio-container {max-width: 1400px !important}
+input[type=range]:disabled {filter: grayscale(1); opacity: 0.4}
+"""
+
+
 def serve(demo: gr.Blocks, queue_size: int = 64, **launch_options):
     """Queue and launch as the public app does (benchmarks and tests call this too, so they measure the same server)."""
     demo.queue(default_concurrency_limit=2, max_size=queue_size)
     demo._queue.sleep_when_free = QUEUE_POLL_S
-    return demo.launch(**{"theme": gr.themes.Soft(), "css": ".gradio-container {max-width: 1400px !important}",
-                          "state_session_capacity": STATE_SESSIONS, **launch_options})
+    return demo.launch(**{"theme": gr.themes.Soft(), "css": PAGE_CSS, "state_session_capacity": STATE_SESSIONS,
+                          **launch_options})
 
 
 def main():

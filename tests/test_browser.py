@@ -114,12 +114,15 @@ def test_generate_scrub_and_switch_a_skip_off_in_a_real_browser(server, tmp_path
         # pick a model trained without skips as network B: B alone reruns from A's noise, on the intact panel the new
         # model brings (the 28x28 skip set above is back at 1, and the rerun read it so)
         b_before = image_source(page, "img-B-x0")
+        expect(page.get_by_label("range slider for skips joining at 28×28", exact=True)).to_have_css("opacity", "1")
         page.locator("#model-b input").click()
         page.get_by_role("option", name="tiny-noskip").click()
         expect(page.locator("#numbers")).to_contain_text("B = tiny-noskip with nothing switched off", timeout=30_000)
         expect(page.locator("#trained-note")).to_contain_text("tiny-noskip was trained with skips at 28×28 × 0")
         # a skip it was trained without would move nothing: its slider is locked
         expect(page.get_by_label("number input for skips joining at 28×28 (trained without)")).to_be_disabled()
+        # and looks it: the theme alone would draw it like a live one
+        expect(page.get_by_label("range slider for skips joining at 28×28 (trained without)")).to_have_css("opacity", "0.4")
         assert image_source(page, "img-B-x0") != b_before
         assert image_source(page, "img-A-x0") == a_before
         assert toasts(page) == []
