@@ -654,8 +654,9 @@ def render_step(state, step):
         *(signed_grid(d, r, columns, IMAGE_PX) for d, r in zip(diffs, diff_ranges)),
     ]
     where = "the finished sample" if step >= len(a) else f"step {step + 1} of {len(a)}, timestep t = {t}"
+    batch = a.settings.batch
     caption = (
-        f"**{where}.** Each grid holds the {a.settings.batch} samples, (B, 1, 28, 28). "
+        f"**{where}.** Each grid holds {'the one sample' if batch == 1 else f'the {batch} samples'}, (B, 1, 28, 28). "
         f"x̂0 and x_t in grey over [−1, 1]; ε̂ on a blue–white–red scale over ±{eps_range:.2f}; "
         f"A − B (last row), white = identical, over ±{diff_ranges[0]:.3g} (x̂0), ±{diff_ranges[1]:.3g} (x_t), ±{diff_ranges[2]:.3g} (ε̂). "
         f"Mean |x̂0_A − x̂0_B| = {(x0_a - x0_b).abs().mean():.4f}."

@@ -293,6 +293,13 @@ def test_scrub_renders_every_step_without_calling_the_model(registry, monkeypatc
         *pictures, caption = app.scrub(state, step)
         assert len(pictures) == 9 and all(p.size[0] > 0 for p in pictures)
         assert ("finished sample" in caption) == (step == len(state["a"]))
+        assert "Each grid holds the 2 samples" in caption
+
+
+def test_the_step_caption_counts_one_sample_in_the_singular(registry):
+    state, *_ = run_generate(registry, steps=2, batch=1)
+    *_, caption = app.scrub(state, 1)
+    assert "Each grid holds the one sample, (B, 1, 28, 28)" in caption
 
 
 def test_rerun_b_keeps_a_and_applies_the_new_ablation(registry):
