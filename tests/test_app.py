@@ -11,6 +11,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 import torch  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
@@ -589,6 +590,12 @@ def test_client_generates_scrubs_ablates_and_views_features(served):
     assert "**A** = `tiny` intact · **B** = `tiny` with nothing switched off" in generated[-1]
     scrubbed = client.predict(2, api_name="/scrub")
     assert "step 3 of 6" in scrubbed[-1]
+    # a scrub files its pictures itself (app.pictures_filed): at the last step they are the Generate's, which Gradio's
+    # own postprocessing filed, to the pixel and losslessly
+    def served(paths):
+        return [(Image.open(path).format, Image.open(path).convert("RGB").tobytes()) for path in paths]
+    assert served(client.predict(6, api_name="/scrub")[:9]) == served(generated[2:11])
+    assert {image_format for image_format, _ in served(scrubbed[:9])} == {"PNG"}
     ablated = client.predict("tiny", app.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 2, api_name="/ablate")
     assert "skips at 28×28 × 0" in ablated[-1]
     features = client.predict(2, "mid_block.attentions.0", 0, "global", api_name="/features")
