@@ -21,7 +21,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from .checkpoint import check_model_folder
-from .train import write_pipeline_folder
+from .train import model_settings, write_pipeline_folder
 from .unet import PlaygroundUNet
 
 WEIGHTS_FILE = Path("unet") / "diffusion_pytorch_model.safetensors"
@@ -53,8 +53,7 @@ def make_soup(ingredients: list[str | Path], out: str | Path) -> Path:
 
 
 def _settings(config_file: Path) -> dict:
-    """A config without what diffusers notes about the file (`_diffusers_version`, `_name_or_path`, ...)."""
-    return {key: value for key, value in _json_object(config_file).items() if not key.startswith("_")}
+    return model_settings(_json_object(config_file))
 
 
 def _training_record(folder: Path) -> dict:

@@ -130,10 +130,14 @@ def earlier_training_stages(init_from: str | None) -> list[dict]:
     return record.pop("earlier_stages", []) + [record]
 
 
+def model_settings(config) -> dict:
+    """A model config without what diffusers notes about its file (`_diffusers_version`, `_name_or_path`, ...)."""
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
 def export_pipeline(model: PlaygroundUNet, ema: EMAModel, scheduler: DDPMScheduler, out: Path, card: dict) -> None:
     """Write the EMA weights as a diffusers DDPMPipeline folder (what `weights/<name>/` holds)."""
-    # without diffusers' notes on where the config was loaded from (`_name_or_path`: the --init-from folder)
-    ema_model = PlaygroundUNet.from_config({key: value for key, value in model.config.items() if not key.startswith("_")})
+    ema_model = PlaygroundUNet.from_config(model_settings(model.config))  # no `_name_or_path` of the --init-from folder
     ema.copy_to(ema_model.parameters())
     write_pipeline_folder(out, ema_model, scheduler, card)
 
