@@ -21,7 +21,8 @@ from .train import TrainConfig
 # training settings a reproduce command must state when a stage changed them (epochs, lr and warmup always)
 STATED_ALWAYS = ("epochs", "lr", "warmup_steps")
 STATED_IF_CHANGED = ("batch_size", "min_lr_ratio", "ema_decay", "uncond_prob", "min_snr_gamma", "seed", "beta_schedule",
-                     "block_out_channels", "layers_per_block", "attention_levels")
+                     "block_out_channels", "layers_per_block", "attention_levels", "mixed_precision", "end_at_step",
+                     "curve_every")
 
 WHAT_DIFFUSERS_DOES = {
     True: "Stock diffusers loads every component and computes the same function: "
@@ -166,13 +167,26 @@ def _count(n: int, noun: str) -> str:
 
 def _run_summary(stage: dict) -> str:
     cfg = stage["train_config"]
-    return (f"{stage['steps']} steps of batch {cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images); "
+    loss = stage.get("final_loss_ema")
+    cut = "" if not cfg.get("end_at_step") else (
+        f" (ended at step {stage['steps']} of the {cfg['epochs']:g}-epoch schedule, `--end-at-step`)")
+    precision = ", bf16 autocast" if cfg.get("mixed_precision", "no") != "no" else ""
+    return (f"{stage['steps']} steps of batch {cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images){cut}; "
             f"AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_ratio']}×, gradient clip "
             f"{cfg['grad_clip']}, EMA {cfg['ema_decay']}, null label for {cfg['uncond_prob']:.0%} of examples, "
             f"{_loss_weighting(cfg)}, seed {cfg['seed']}; "
             f"wall time {stage['wall_seconds'] / 3600:.2f} h ({_count(stage['torch_threads'], 'torch thread')}, "
-            f"device {stage['device']}); "
-            f"final training loss (running mean) {stage['final_loss_ema']:.4f}")
+            f"device {stage['device']}{precision}); "
+            + ("final training loss not recorded" if loss is None else f"final training loss (running mean) {loss:.4f}")
+            + _curve_summary(stage.get("curve")))
+
+
+def _curve_summary(curve: list[dict] | None) -> str:
+    if not curve:
+        return ""
+    points = ", ".join(f"{p['epochs']:g}: {p['confident']:.3f}" for p in curve)
+    return (f"; learning curve (EMA weights, {UNCONDITIONAL_SAMPLES} unconditional samples on the curve's own seed), "
+            f"confident share by epoch: {points}")
 
 
 def _loss_weighting(cfg: dict) -> str:

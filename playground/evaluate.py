@@ -121,13 +121,9 @@ def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference
     probabilities, features = classify(classifier, samples)
     confidence, predicted = probabilities.max(1)
     histogram = torch.bincount(predicted, minlength=probabilities.shape[1])
-    share = histogram.double() / histogram.sum()
-    seen = share[share > 0]
-    # Σ p·log(1/p) rather than −Σ p·log p, which is −0.0 (printed "-0.000") when a single class takes every sample
-    entropy = (seen * seen.reciprocal().log()).sum().item() / math.log(probabilities.shape[1])
     return Quality(
         confident=confident_share(confidence),
-        class_entropy=entropy,
+        class_entropy=class_entropy(predicted, probabilities.shape[1]),
         fd=frechet_distance(features, reference_features),
         histogram=histogram.tolist(),
         predicted=predicted.tolist(),
@@ -235,6 +231,32 @@ def digit_accuracy(model: DiffusionModel, classifier: DigitClassifier, guidance:
                                                label=digits, guidance=guidance, ablation=ablation, **extras)).final
     predicted = classify(classifier, conditional)[0].argmax(1)
     return (predicted == torch.tensor(digits)).double().mean().item()
+
+
+CURVE_SEED = 1_000_003  # a learning curve's draws: apart from every seed an evaluation or a choice of recipe used
+
+
+@torch.inference_mode()
+def curve_point(model: DiffusionModel, classifier: DigitClassifier, *, num: int = UNCONDITIONAL_SAMPLES, per_digit: int = 10,
+                guidance: float = 1.5, seed: int = CURVE_SEED) -> dict:
+    """The numbers a learning curve tracks: confident share and class entropy of `num` unconditional samples, and
+    (for a class-conditional model) digit accuracy at `guidance`."""
+    samples = sample(model, SampleSettings(seed=seed, batch=num, label=None)).final
+    probabilities = classify(classifier, samples)[0]
+    point = {"confident": confident_share(probabilities.max(1).values),
+             "class_entropy": class_entropy(probabilities.argmax(1), probabilities.shape[1])}
+    if model.null_label is not None:
+        point["digit_accuracy"] = digit_accuracy(model, classifier, guidance, seed=seed + 1, per_digit=per_digit)
+    return point
+
+
+def class_entropy(predicted: torch.Tensor, classes: int) -> float:
+    """Entropy of the predicted-class histogram / log(classes): 1 when every class is predicted equally often."""
+    histogram = torch.bincount(predicted, minlength=classes)
+    share = histogram.double() / histogram.sum()
+    seen = share[share > 0]
+    # Σ p·log(1/p) rather than −Σ p·log p, which is −0.0 (printed "-0.000") when a single class takes every sample
+    return (seen * seen.reciprocal().log()).sum().item() / math.log(classes)
 
 
 def real_baseline(classifier: DigitClassifier, test_images: torch.Tensor, num: int) -> dict:

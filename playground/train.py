@@ -66,7 +66,11 @@ class TrainConfig:
     init_from: str | None = None
     resume: bool = False
     stop_after: int | None = None  # checkpoint and stop at this step, as if killed (to test --resume)
+    end_at_step: int | None = None  # end the run here, exported, on the schedule --epochs plans (a run cut short)
     threads: int | None = None
+    mixed_precision: str = "no"  # "bf16": autocast on a GPU; the EMA and shipped weights stay fp32
+    curve_every: float | None = None  # record a learning-curve point every this many epochs (None: none)
+    curve_classifier: str = "weights/classifier"
     # architecture (flagship defaults: 3 levels 28/14/7, attention at 14, 7 and the bottleneck)
     block_out_channels: tuple[int, ...] = (32, 64, 96)
     layers_per_block: int = 1
@@ -166,6 +170,26 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
+class CurveJudge:
+    """Learning-curve points: the EMA weights sampled on seeds no evaluation uses, judged by our classifier."""
+
+    def __init__(self, classifier_path: str, scheduler: DDPMScheduler):
+        from .classifier import load_classifier
+
+        self.classifier = load_classifier(classifier_path)
+        self.scheduler_config = dict(scheduler.config)
+
+    def point(self, model: PlaygroundUNet, ema: EMAModel, step: int, steps_per_epoch: int) -> dict:
+        from .evaluate import curve_point
+        from .sampling import DiffusionModel
+
+        ema_model = PlaygroundUNet.from_config(model_settings(model.config)).to(model.conv_in.weight.device)
+        ema.copy_to(ema_model.parameters())
+        ema_model.eval().requires_grad_(False)
+        judged = curve_point(DiffusionModel("curve", ema_model, self.scheduler_config), self.classifier)
+        return {"step": step, "epochs": round(step / steps_per_epoch, 3), **judged}
+
+
 def save_checkpoint(directory: Path, model, ema: EMAModel, optimizer, state: dict) -> None:
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{i}": p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}
@@ -201,10 +225,11 @@ def train(cfg: TrainConfig) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     device = accelerator.device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the attention projections, as cuDNN already does for convs
+        torch.backends.cudnn.benchmark = True  # one shape all run long: let cuDNN pick its fastest convolutions
     out = Path(cfg.out)
     checkpoint_dir = Path(cfg.checkpoint_dir or Path("checkpoints") / out.name)
 
@@ -214,6 +239,7 @@ def train(cfg: TrainConfig) -> Path:
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(images)} training images")
     total_steps = int(cfg.epochs * steps_per_epoch)
+    last_step = total_steps if cfg.end_at_step is None else min(total_steps, cfg.end_at_step)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
@@ -229,10 +255,10 @@ def train(cfg: TrainConfig) -> Path:
     ema = EMAModel(unwrapped.parameters(), decay=cfg.ema_decay, foreach=True)
     ema.to(device)
 
-    step, wall_before = 0, 0.0
+    step, wall_before, curve = 0, 0.0, []
     if cfg.resume and (checkpoint_dir / CHECKPOINT_STATE).exists():
         state = load_checkpoint(checkpoint_dir, unwrapped, ema, optimizer)
-        step, wall_before = state["step"], state["wall_seconds"]
+        step, wall_before, curve = state["step"], state["wall_seconds"], state.get("curve", [])
         accelerator.print(f"resumed from {checkpoint_dir} at step {step}/{total_steps}")
     elif cfg.resume:
         accelerator.print(f"no checkpoint in {checkpoint_dir}; starting fresh")
@@ -244,12 +270,16 @@ def train(cfg: TrainConfig) -> Path:
                 "steps": step, "epochs_done": round(step / steps_per_epoch, 3), "images_seen": step * cfg.batch_size,
                 "wall_seconds": round(wall_before + time.perf_counter() - started, 1), "device": str(device),
                 "torch_threads": torch.get_num_threads(),
-                "final_loss_ema": None if loss_ema is None else loss_ema.item(), "earlier_stages": earlier_stages}
+                "final_loss_ema": None if loss_ema is None else loss_ema.item(), "earlier_stages": earlier_stages,
+                **({"curve": curve} if curve else {})}
+
+    curve_steps = None if cfg.curve_every is None else max(1, round(cfg.curve_every * steps_per_epoch))
+    curve_judge = None if curve_steps is None else CurveJudge(cfg.curve_classifier, scheduler)
 
     started, loss_ema, window_start, window_step = time.perf_counter(), None, time.perf_counter(), step
     order_epoch, order = None, None
     model.train()
-    while step < total_steps:
+    while step < last_step:
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order_epoch = epoch
@@ -267,7 +297,9 @@ def train(cfg: TrainConfig) -> Path:
 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total_steps, cfg)
-        per_example = F.mse_loss(model(x_t, t, y).sample, noise, reduction="none").mean(dim=(1, 2, 3))
+        # a tuple, not the output dataclass: accelerate's fp32 conversion of autocast outputs turns that into a dict
+        prediction = model(x_t, t, y, return_dict=False)[0]
+        per_example = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (loss_weights[t] * per_example).mean()
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -278,7 +310,7 @@ def train(cfg: TrainConfig) -> Path:
 
         # the running loss stays on the device: reading it every step would make the CPU wait for the GPU
         loss_ema = loss.detach() if loss_ema is None else torch.lerp(loss_ema, loss.detach(), 0.02)
-        if step % cfg.log_every == 0 or step == total_steps:
+        if step % cfg.log_every == 0 or step == last_step:
             value = loss.item()
             now = time.perf_counter()
             rate = (step - window_step) * cfg.batch_size / (now - window_start)
@@ -288,14 +320,19 @@ def train(cfg: TrainConfig) -> Path:
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.0f} img/s",
                 flush=True,
             )
+        if curve_judge is not None and (step % curve_steps == 0 or step == last_step):
+            point = curve_judge.point(unwrapped, ema, step, steps_per_epoch)
+            curve.append(point)
+            accelerator.print(f"curve {json.dumps(point)}", flush=True)
+            model.train()
         stopping = step == cfg.stop_after
-        if step % cfg.checkpoint_every == 0 or step == total_steps or stopping:
+        if step % cfg.checkpoint_every == 0 or step == last_step or stopping:
             save_checkpoint(checkpoint_dir, unwrapped, ema, optimizer,
-                            {"step": step, "wall_seconds": wall_before + time.perf_counter() - started})
+                            {"step": step, "wall_seconds": wall_before + time.perf_counter() - started, "curve": curve})
         if stopping:
             accelerator.print(f"stopped after step {step} (--stop-after); continue with --resume", flush=True)
             return out  # as if killed right after the checkpoint: no export
-        if step % cfg.export_every == 0 or step == total_steps:
+        if step % cfg.export_every == 0 or step == last_step:
             export_pipeline(unwrapped, ema, scheduler, out, card())
     if total_steps == 0 or not (out / "unet").exists():
         export_pipeline(unwrapped, ema, scheduler, out, card())
@@ -327,7 +364,14 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint, if any")
     p.add_argument("--stop-after", type=int, metavar="STEP",
                    help="checkpoint and stop at this step, as if killed (for testing --resume)")
+    p.add_argument("--end-at-step", type=int, metavar="STEP",
+                   help="end the run at this step, exported, on the learning-rate schedule --epochs plans")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=["no", "bf16"],
+                   help="bf16 autocast (on a GPU); the EMA and the exported weights stay fp32")
+    p.add_argument("--curve-every", type=float, metavar="EPOCHS",
+                   help="every this many epochs, sample the EMA weights and record a learning-curve point in the card")
+    p.add_argument("--curve-classifier", default=defaults.curve_classifier, help="the classifier that judges the curve")
     p.add_argument("--block-out-channels", type=int, nargs="+", default=list(defaults.block_out_channels))
     p.add_argument("--layers-per-block", type=int, default=defaults.layers_per_block)
     p.add_argument("--attention-levels", type=int, nargs="*", default=list(defaults.attention_levels))
@@ -339,6 +383,10 @@ def parse_args(argv=None) -> TrainConfig:
         p.error("--uncond-prob must be in [0, 1)")
     if args.min_snr_gamma is not None and args.min_snr_gamma <= 0:
         p.error("--min-snr-gamma must be positive")
+    if args.curve_every is not None and args.curve_every <= 0:
+        p.error("--curve-every must be positive")
+    if args.end_at_step is not None and args.end_at_step < 1:
+        p.error("--end-at-step must be at least 1")
     if args.stop_after is not None and args.stop_after < 1:
         p.error("--stop-after must be at least 1")
     values = {k: v for k, v in vars(args).items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,3 +248,31 @@ def test_a_cards_measure_command_states_a_sample_count_other_than_the_default(tr
                   "guidance": 1.5}
     assert "--baseline --num 128 --guidance 1.5`" in render_card(trained, evaluation, "a test machine")
     assert "--num" not in render_card(trained, dict(evaluation, num=256), "a test machine")
+
+
+def test_a_learning_curve_is_recorded_in_the_card_and_survives_a_resume(train_data, tmp_path):
+    classifier = str(Path(__file__).resolve().parent.parent / "weights" / "classifier")
+    train(tiny_config(train_data, tmp_path, curve_every=1, curve_classifier=classifier, stop_after=STEPS_PER_EPOCH + 1))
+    out = train(tiny_config(train_data, tmp_path, curve_every=1, curve_classifier=classifier, resume=True))
+    curve = json.loads((out / "training.json").read_text())["curve"]
+    assert [point["step"] for point in curve] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]  # the first from before the stop
+    assert [point["epochs"] for point in curve] == [1.0, 2.0]
+    for point in curve:
+        assert 0 <= point["confident"] <= 1 and 0 <= point["class_entropy"] <= 1 and 0 <= point["digit_accuracy"] <= 1
+
+
+def test_a_run_ended_early_keeps_the_planned_schedule_exports_and_its_card_says_how(train_data, tmp_path):
+    from playground.card import render_card
+
+    ended = train(tiny_config(train_data, tmp_path / "ended", end_at_step=5))
+    train(tiny_config(train_data, tmp_path / "stopped", stop_after=5))  # same 8-step schedule, stopped as if killed
+    expected = load_file(tmp_path / "stopped" / "checkpoints" / CHECKPOINT_TENSORS)
+    actual = load_file(tmp_path / "ended" / "checkpoints" / CHECKPOINT_TENSORS)
+    assert all(torch.equal(actual[key], expected[key]) for key in expected)  # the learning rate followed the 2 epochs
+    record = json.loads((ended / "training.json").read_text())
+    assert record["steps"] == 5 and record["train_config"]["end_at_step"] == 5
+
+    card = render_card(ended, None, "a test machine")
+    assert "ended at step 5 of the 2-epoch schedule" in card
+    command = next(line for line in card.splitlines() if "python -m playground.train" in line).split("`")[1]
+    assert parse_args(command.split()[3:]).end_at_step == 5  # the reproduce command ends where the run did
