@@ -42,6 +42,30 @@ def test_a_run_is_the_same_to_the_bit_on_one_thread_and_on_two(model, sampler):
         assert torch.equal(getattr(runs[0], name), getattr(runs[1], name)), name
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("steps", [1, 2, 20, 50, 499, 600, 999, 1000])
+def test_every_run_starts_at_the_last_training_timestep_and_visits_distinct_ones(model, sampler, steps):
+    from playground.sampling import make_scheduler
+
+    timesteps = make_scheduler(model, sampler, steps).timesteps.tolist()
+    assert len(timesteps) == steps
+    assert timesteps[0] >= 979  # the initial noise is pure noise: the model is told so (to one 50-step stride)
+    if steps in (1, 2, 600):
+        assert timesteps[0] == 999  # where "leading" would start lower
+    assert all(later < earlier for earlier, later in zip(timesteps, timesteps[1:]))
+
+
+def test_fifty_steps_keep_the_spacing_the_documented_figures_were_measured_with(model):
+    from playground.sampling import make_scheduler
+
+    assert make_scheduler(model, "ddim", 50).timesteps.tolist() == list(range(980, -1, -20))
+
+
+def test_dpm_solver_runs_at_the_step_maximum(model):
+    run = sample(model, SampleSettings(sampler="dpm++", steps=1000, batch=1))
+    assert run.timesteps[0] == 999 and run.timesteps[-1] == 0 and torch.isfinite(run.final).all()
+
+
 def test_a_different_seed_gives_different_pixels(model):
     a = sample(model, SampleSettings(steps=3, seed=1, batch=2)).final
     b = sample(model, SampleSettings(steps=3, seed=2, batch=2)).final
