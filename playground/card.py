@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .evaluate import CONFIDENCE, UNCONDITIONAL_SAMPLES
 from .train import TrainConfig
+from .unet import TRAINING_ABLATION_KEY
 
 # training settings a reproduce command must state when a stage changed them (epochs, lr and warmup always)
 STATED_ALWAYS = ("epochs", "lr", "warmup_steps")
@@ -41,7 +42,7 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
     training = json.loads((folder / "training.json").read_text())
     unet = json.loads((folder / "unet" / "config.json").read_text())
     parameters = _count_parameters(folder)
-    trained_without = unet.get("training_ablation") or {}
+    trained_without = unet.get(TRAINING_ABLATION_KEY) or unet.get("training_ablation") or {}
     intact = not any(trained_without.get(k) for k in ("skip_scale", "attention_off", "time_embedding_off"))
     stages = training_stages(training)
     lines = [

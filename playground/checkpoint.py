@@ -10,6 +10,10 @@ OSError that says neither which file nor what is wrong with it.
 parses and builds the model; the weights file is there, is complete safetensors, and holds finite
 floating-point tensors with exactly the names and shapes that config implies. Any problem is a ValueError
 that starts with the file's path and says what is wrong. Nothing is ever unpickled.
+
+Every layout `save_pretrained` writes is read: one file, a `variant` (`diffusion_pytorch_model.fp16.safetensors`),
+and a sharded checkpoint (`max_shard_size`: an index JSON naming, for every tensor, the shard that holds it; each
+shard is checked like a single file, and every tensor must sit in the shard its index names).
 """
 
 from __future__ import annotations
@@ -47,8 +51,7 @@ def check_model_folder(model_class, folder: Path, variant: str | None = None) ->
     if not folder.is_dir():
         raise ValueError(f"{folder}: missing (expected a folder with {model_class.config_name} and {WEIGHTS_NAME}.safetensors)")
     config = _read_config(folder / model_class.config_name)
-    weights_file = folder / f"{WEIGHTS_NAME}{'.' + variant if variant else ''}.safetensors"
-    tensors = _read_weights(weights_file)
+    weights_file, tensors, file_of = read_checkpoint(folder, variant)
     expected = _expected_shapes(model_class, config, folder / model_class.config_name)
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())
@@ -60,15 +63,15 @@ def check_model_folder(model_class, folder: Path, variant: str | None = None) ->
     for name, shape in expected.items():
         tensor = tensors[name]
         if tuple(tensor.shape) != tuple(shape):
-            raise ValueError(f"{weights_file}: tensor {name} has shape {tuple(tensor.shape)}, "
+            raise ValueError(f"{file_of[name]}: tensor {name} has shape {tuple(tensor.shape)}, "
                              f"but {model_class.config_name} implies {tuple(shape)}")
         if not tensor.is_floating_point():
-            raise ValueError(f"{weights_file}: tensor {name} is {tensor.dtype}, expected floating-point weights")
+            raise ValueError(f"{file_of[name]}: tensor {name} is {tensor.dtype}, expected floating-point weights")
         if not torch.isfinite(tensor).all():
-            raise ValueError(f"{weights_file}: tensor {name} holds NaN or infinite values")
+            raise ValueError(f"{file_of[name]}: tensor {name} holds NaN or infinite values")
 
 
-def _read_config(config_file: Path) -> dict:
+def _read_config(config_file: Path, holding: str = "model arguments") -> dict:
     if not config_file.is_file():
         raise ValueError(f"{config_file}: missing (the model's architecture is read from it)")
     try:
@@ -76,8 +79,36 @@ def _read_config(config_file: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{config_file}: not valid JSON ({error})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{config_file}: must hold a JSON object of model arguments, got a JSON {type(config).__name__}")
+        raise ValueError(f"{config_file}: must hold a JSON object of {holding}, got a JSON {type(config).__name__}")
     return config
+
+
+def read_checkpoint(folder: Path, variant: str | None = None) -> tuple[Path, dict[str, torch.Tensor], dict[str, Path]]:
+    """A model folder's weights, one file or sharded: the file that names them all, the tensors, and each one's file."""
+    suffix = f".{variant}" if variant else ""
+    single = folder / f"{WEIGHTS_NAME}{suffix}.safetensors"
+    index = folder / f"{WEIGHTS_NAME}.safetensors.index{suffix}.json"  # diffusers puts a variant before ".json"
+    if single.is_file() or not index.is_file():
+        tensors = _read_weights(single)
+        return single, tensors, dict.fromkeys(tensors, single)
+    weight_map = _read_config(index, holding="a weight_map").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index}: has no weight_map (tensor name -> shard file)")
+    shards = set(weight_map.values())
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise ValueError(f"{index}: names a shard {str(shard)[:80]!r} that is not a .safetensors file beside it")
+    tensors = {}
+    for shard in sorted(shards):
+        held = _read_weights(index.parent / shard)
+        misplaced = sorted(name for name in held if weight_map.get(name) != shard)
+        if misplaced:
+            raise ValueError(f"{index.parent / shard}: holds {misplaced[:3]}, which {index.name} places elsewhere")
+        tensors |= held
+    absent = sorted(weight_map.keys() - tensors.keys())
+    if absent:
+        raise ValueError(f"{index}: lists {len(absent)} tensors no shard holds {absent[:3]}")
+    return index, tensors, {name: index.parent / weight_map[name] for name in tensors}
 
 
 def _read_weights(weights_file: Path) -> dict[str, torch.Tensor]:

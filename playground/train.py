@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from .ablation import parse_ablation_specs
 from .data import load_mnist
-from .unet import PlaygroundUNet
+from .unet import TRAINING_ABLATION_KEY, PlaygroundUNet
 
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
@@ -68,6 +68,7 @@ class TrainConfig:
     stop_after: int | None = None  # checkpoint and stop at this step, as if killed (to test --resume)
     end_at_step: int | None = None  # end the run here, exported, on the schedule --epochs plans (a run cut short)
     threads: int | None = None
+    gradient_checkpointing: bool = False  # recompute each ResnetBlock in the backward pass: less memory, more time
     mixed_precision: str = "no"  # "bf16": autocast on a GPU; the EMA and shipped weights stay fp32
     curve_every: float | None = None  # record a learning-curve point every this many epochs (None: none)
     curve_classifier: str = "weights/classifier"
@@ -135,8 +136,12 @@ def earlier_training_stages(init_from: str | None) -> list[dict]:
 
 
 def model_settings(config) -> dict:
-    """A model config without what diffusers notes about its file (`_diffusers_version`, `_name_or_path`, ...)."""
-    return {key: value for key, value in config.items() if not key.startswith("_")}
+    """A model config without what diffusers notes about its file (`_diffusers_version`, `_name_or_path`, ...),
+    keeping the training ablation a saved config holds under a private key: without it a variant would be built intact."""
+    settings = {key: value for key, value in config.items() if not key.startswith("_")}
+    if config.get(TRAINING_ABLATION_KEY):
+        settings["training_ablation"] = config[TRAINING_ABLATION_KEY]
+    return settings
 
 
 def export_pipeline(model: PlaygroundUNet, ema: EMAModel, scheduler: DDPMScheduler, out: Path, card: dict) -> None:
@@ -243,6 +248,8 @@ def train(cfg: TrainConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     null_label = model.config.num_class_embeds - 1
     # clip_sample=False: samplers built from this config must not clip x̂0 to [-1, 1]; with classifier-free
     # guidance, DDIM re-derives ε̂ from the clipped x̂0 and digit accuracy fell from 1.00 to 0.62 (guidance 1.5)
@@ -367,6 +374,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--end-at-step", type=int, metavar="STEP",
                    help="end the run at this step, exported, on the learning-rate schedule --epochs plans")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass instead of keeping them (less memory, more time)")
     p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=["no", "bf16"],
                    help="bf16 autocast (on a GPU); the EMA and the exported weights stay fp32")
     p.add_argument("--curve-every", type=float, metavar="EPOCHS",

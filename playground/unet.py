@@ -22,6 +22,7 @@ openai/improved-diffusion (the architecture), FreeU (skip scaling).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -227,7 +228,22 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class DownBlock(nn.Module):
+class Checkpointed(nn.Module):
+    """A block whose ResnetBlocks can be recomputed in the backward pass instead of keeping their activations.
+
+    `ModelMixin.enable_gradient_checkpointing` finds every module with a `gradient_checkpointing` attribute and sets
+    it, with the function that recomputes (`torch.utils.checkpoint.checkpoint` by default).
+    """
+
+    gradient_checkpointing = False
+
+    def run(self, resnet: nn.Module, h: torch.Tensor, temb_activated: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(resnet, h, temb_activated)
+        return resnet(h, temb_activated)
+
+
+class DownBlock(Checkpointed):
     """One encoder level: ResnetBlocks (each optionally followed by attention), then a downsample.
 
     DownBlock2D and AttnDownBlock2D are the same block; the first just has no attentions.
@@ -249,7 +265,7 @@ class DownBlock(nn.Module):
     def forward(self, h, temb_activated, attention_off, tap):
         skips = []
         for j, resnet in enumerate(self.resnets):
-            h = tap(f"{self.name}.resnets.{j}", resnet(h, temb_activated))
+            h = tap(f"{self.name}.resnets.{j}", self.run(resnet, h, temb_activated))
             if self.attentions:
                 h = _attend(self.attentions[j], f"{self.name}.attentions.{j}", h, attention_off, tap)
             skips.append(h)
@@ -259,7 +275,7 @@ class DownBlock(nn.Module):
         return h, skips
 
 
-class MidBlock(nn.Module):
+class MidBlock(Checkpointed):
     """The bottleneck: ResnetBlock → SelfAttention → ResnetBlock at the coarsest resolution."""
 
     def __init__(self, channels, with_attention, common, head_dim, attn_groups, output_scale_factor):
@@ -272,13 +288,13 @@ class MidBlock(nn.Module):
         self.attentions = nn.ModuleList([attention])
 
     def forward(self, h, temb_activated, attention_off, tap):
-        h = tap("mid_block.resnets.0", self.resnets[0](h, temb_activated))
+        h = tap("mid_block.resnets.0", self.run(self.resnets[0], h, temb_activated))
         if self.attentions[0] is not None:
             h = _attend(self.attentions[0], "mid_block.attentions.0", h, attention_off, tap, self.output_scale_factor)
-        return tap("mid_block.resnets.1", self.resnets[1](h, temb_activated))
+        return tap("mid_block.resnets.1", self.run(self.resnets[1], h, temb_activated))
 
 
-class UpBlock(nn.Module):
+class UpBlock(Checkpointed):
     """One decoder level: for each ResnetBlock, concatenate a skip from the encoder, then an upsample.
 
     UpBlock2D and AttnUpBlock2D are the same block; the first just has no attentions.
@@ -311,7 +327,7 @@ class UpBlock(nn.Module):
             # the two halves of the concatenation: what came up the decoder, and what the encoder sent across
             h = tap(f"{self.name}.resnets.{j}.backbone", h)
             skip = tap(f"{self.name}.resnets.{j}.skip", skip)
-            h = tap(f"{self.name}.resnets.{j}", resnet(torch.cat([h, skip], dim=1), temb_activated))
+            h = tap(f"{self.name}.resnets.{j}", self.run(resnet, torch.cat([h, skip], dim=1), temb_activated))
             if self.attentions:
                 h = _attend(self.attentions[j], f"{self.name}.attentions.{j}", h, attention_off, tap)
         for upsampler in self.upsamplers:
@@ -368,6 +384,11 @@ def _attend(attention, site, h, attention_off, tap, rescale=1.0):
 # ---------------------------------------------------------------------------------------------
 
 
+# Where a config.json keeps the training ablation: UNet2DModel.from_pretrained warns about any key its __init__ lacks,
+# but drops "_"-prefixed ones silently; PlaygroundUNet reads it back (and still reads the older plain key).
+TRAINING_ABLATION_KEY = "_training_ablation"
+
+
 class PlaygroundUNet(CheckedLoading, ModelMixin, ConfigMixin):
     """A `diffusers.UNet2DModel`-compatible U-Net with per-call ablation and feature capture.
 
@@ -378,6 +399,22 @@ class PlaygroundUNet(CheckedLoading, ModelMixin, ConfigMixin):
     """
 
     config_name = "config.json"
+    _supports_gradient_checkpointing = True
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # the training ablation is saved under a private key, which stock diffusers drops without a warning
+        config_dict = dict(config_dict)
+        if TRAINING_ABLATION_KEY in config_dict and "training_ablation" not in kwargs:
+            kwargs["training_ablation"] = config_dict.pop(TRAINING_ABLATION_KEY)
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    def to_json_string(self) -> str:
+        config = json.loads(super().to_json_string())
+        ablation = config.pop("training_ablation", None)
+        if ablation:
+            config[TRAINING_ABLATION_KEY] = ablation
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     @register_to_config
     def __init__(
