@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,31 @@ def load_classifier(path: str | Path) -> DigitClassifier:
     model = DigitClassifier.from_pretrained(path, use_safetensors=True).eval()
     model.requires_grad_(False)
     return model
+
+
+CONFIDENCE = 0.9  # a verdict counts as sure above this probability of its most likely digit
+
+
+@torch.inference_mode()
+def classify(classifier: DigitClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, 28, 28) -> class probabilities (N, 10) and features (N, D)."""
+    images = images.clamp(-1, 1)
+    features = classifier.features(images)
+    return classifier.head(features).softmax(1), features
+
+
+def confident_share(confidence: torch.Tensor) -> float:
+    """Share of samples whose most likely digit has probability above CONFIDENCE (the classifier is sure)."""
+    return (confidence > CONFIDENCE).double().mean().item()
+
+
+def class_entropy(predicted: torch.Tensor, classes: int) -> float:
+    """Entropy of the predicted-class histogram / log(classes): 1 when every class is predicted equally often."""
+    histogram = torch.bincount(predicted, minlength=classes)
+    share = histogram.double() / histogram.sum()
+    seen = share[share > 0]
+    # Σ p·log(1/p) rather than −Σ p·log p, which is −0.0 (printed "-0.000") when a single class takes every sample
+    return (seen * seen.reciprocal().log()).sum().item() / math.log(classes)
 
 
 @torch.inference_mode()

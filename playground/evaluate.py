@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .ablation import Ablation
-from .classifier import DigitClassifier, load_classifier
+from .classifier import CONFIDENCE, DigitClassifier, class_entropy, classify, confident_share, load_classifier
 from .data import load_mnist
 from .sampling import DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Window, make_scheduler, sample
 from .setup import add_setup_arguments, setup_from_arguments
@@ -35,7 +34,6 @@ from .setup import add_setup_arguments, setup_from_arguments
 UNCONDITIONAL_SAMPLES = 256  # the quality bar judges this many unconditional samples (one batch, one draw)
 
 DEFAULT_TIMESTEPS = (0, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
-CONFIDENCE = 0.9
 # |pixel| beyond twice the data range [-1, 1]: the run has left what the model and the classifier know. The
 # classifier sees such images clipped to [-1, 1], where saturated noise can read as a confident digit.
 DIVERGED = 2.0
@@ -102,19 +100,6 @@ class Quality:
     def as_dict(self) -> dict:
         return {"confident": self.confident, "class_entropy": self.class_entropy, "fd": self.fd, "histogram": self.histogram,
                 "peak": self.peak}
-
-
-@torch.inference_mode()
-def classify(classifier: DigitClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, 28, 28) -> class probabilities (N, 10) and features (N, D)."""
-    images = images.clamp(-1, 1)
-    features = classifier.features(images)
-    return classifier.head(features).softmax(1), features
-
-
-def confident_share(confidence: torch.Tensor) -> float:
-    """Share of samples whose most likely digit has probability above CONFIDENCE (the classifier is sure)."""
-    return (confidence > CONFIDENCE).double().mean().item()
 
 
 def sample_quality(classifier: DigitClassifier, samples: torch.Tensor, reference_features: torch.Tensor) -> Quality:
@@ -248,15 +233,6 @@ def curve_point(model: DiffusionModel, classifier: DigitClassifier, *, num: int 
     if model.null_label is not None:
         point["digit_accuracy"] = digit_accuracy(model, classifier, guidance, seed=seed + 1, per_digit=per_digit)
     return point
-
-
-def class_entropy(predicted: torch.Tensor, classes: int) -> float:
-    """Entropy of the predicted-class histogram / log(classes): 1 when every class is predicted equally often."""
-    histogram = torch.bincount(predicted, minlength=classes)
-    share = histogram.double() / histogram.sum()
-    seen = share[share > 0]
-    # Σ p·log(1/p) rather than −Σ p·log p, which is −0.0 (printed "-0.000") when a single class takes every sample
-    return (seen * seen.reciprocal().log()).sum().item() / math.log(classes)
 
 
 def real_baseline(classifier: DigitClassifier, test_images: torch.Tensor, num: int) -> dict:

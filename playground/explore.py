@@ -28,7 +28,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from .ablation import Ablation
 from .classifier import DigitClassifier
-from .evaluate import CONFIDENCE, classify
+from .classifier import CONFIDENCE, classify
 from .sampling import DiffusionModel, HSpaceEdit, SampleSettings, Trajectory, Window, make_scheduler, sample
 from .viz import plt
 

@@ -225,12 +225,13 @@ def test_bad_interventions_raise_value_error_naming_the_argument(bad, named):
 
 def test_a_timestep_lie_changes_eps_while_the_scheduler_steps_at_the_true_t(model):
     truthful = sample(model, SampleSettings(steps=5, seed=0, batch=2))
-    lied = sample(model, SampleSettings(steps=5, seed=0, batch=2, timestep_lie=TimestepLie(offset=300)))
+    # told t − 300: the run starts at t = 999, where t + 300 would clamp back to the truth
+    lied = sample(model, SampleSettings(steps=5, seed=0, batch=2, timestep_lie=TimestepLie(offset=-300)))
     assert torch.equal(lied.timesteps, truthful.timesteps)
     assert torch.equal(lied.x_t[0], truthful.x_t[0]) and not torch.allclose(lied.eps[0], truthful.eps[0])
     t0 = int(lied.timesteps[0])
-    told = model.unet(lied.x_t[0], min(t0 + 300, 999), torch.full((2,), 10)).sample
-    assert torch.allclose(lied.eps[0], told, atol=1e-6)  # the model was told t + 300 ...
+    told = model.unet(lied.x_t[0], max(t0 - 300, 0), torch.full((2,), 10)).sample
+    assert torch.allclose(lied.eps[0], told, atol=1e-6)  # the model was told t − 300 ...
     scheduler = make_scheduler(model, "ddim", 5)  # ... and the scheduler stepped at the true t
     assert torch.allclose(lied.x_t[1], scheduler.step(lied.eps[0], lied.timesteps[0], lied.x_t[0]).prev_sample, atol=1e-6)
 
