@@ -172,7 +172,10 @@ def _run_summary(stage: dict) -> str:
     cut = "" if not cfg.get("end_at_step") else (
         f" (ended at step {stage['steps']} of the {cfg['epochs']:g}-epoch schedule, `--end-at-step`)")
     precision = ", bf16 autocast" if cfg.get("mixed_precision", "no") != "no" else ""
-    return (f"{stage['steps']} steps of batch {cfg['batch_size']} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images){cut}; "
+    processes = stage.get("processes", 1)
+    batch = f"batch {cfg['batch_size']}" if processes == 1 else (
+        f"global batch {cfg['batch_size'] * processes} ({cfg['batch_size']} on each of {processes} processes)")
+    return (f"{stage['steps']} steps of {batch} = {stage['epochs_done']} epochs ({stage['images_seen']:,} images){cut}; "
             f"AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_ratio']}×, gradient clip "
             f"{cfg['grad_clip']}, EMA {cfg['ema_decay']}, null label for {cfg['uncond_prob']:.0%} of examples, "
             f"{_loss_weighting(cfg)}, seed {cfg['seed']}; "

@@ -230,7 +230,9 @@ def train(cfg: TrainConfig) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # cpu=True where there is no GPU: accelerate then runs several launched processes as one job (gloo), not as
+    # copies that each train alone
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the attention projections, as cuDNN already does for convs
@@ -240,9 +242,14 @@ def train(cfg: TrainConfig) -> Path:
 
     images, labels = load_mnist(cfg.data_dir, "train", limit=cfg.limit)
     images, labels = images.to(device), labels.to(device)
-    steps_per_epoch = len(images) // cfg.batch_size
+    # under `accelerate launch` every process draws the same global batch and trains on its own slice of it, so N
+    # processes of batch B take the steps one process of batch N·B takes (DDP averages their gradients)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = cfg.batch_size * processes
+    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+    steps_per_epoch = len(images) // global_batch
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(images)} training images")
+        raise ValueError(f"batch_size {cfg.batch_size} × {processes} processes is larger than the {len(images)} training images")
     total_steps = int(cfg.epochs * steps_per_epoch)
     last_step = total_steps if cfg.end_at_step is None else min(total_steps, cfg.end_at_step)
 
@@ -274,7 +281,8 @@ def train(cfg: TrainConfig) -> Path:
 
     def card() -> dict:
         return {"train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                "steps": step, "epochs_done": round(step / steps_per_epoch, 3), "images_seen": step * cfg.batch_size,
+                "steps": step, "epochs_done": round(step / steps_per_epoch, 3), "images_seen": step * global_batch,
+                "processes": processes, "global_batch": global_batch,
                 "wall_seconds": round(wall_before + time.perf_counter() - started, 1), "device": str(device),
                 "torch_threads": torch.get_num_threads(),
                 "final_loss_ema": None if loss_ema is None else loss_ema.item(), "earlier_stages": earlier_stages,
@@ -291,13 +299,14 @@ def train(cfg: TrainConfig) -> Path:
         if epoch != order_epoch:
             order_epoch = epoch
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
-        batch_index = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+        batch_index = order[position * global_batch:(position + 1) * global_batch][mine]
         noise_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
 
         x0, y = images[batch_index], labels[batch_index]  # (B, 1, 28, 28), (B,)
-        noise = torch.randn(x0.shape, generator=noise_rng, device=device)
-        t = torch.randint(0, cfg.num_train_timesteps, (len(x0),), generator=noise_rng, device=device)
-        drop = torch.rand(len(x0), generator=noise_rng, device=device) < cfg.uncond_prob
+        # drawn for the whole global batch, in one order, then sliced: the same numbers whatever the process count
+        noise = torch.randn((global_batch, *x0.shape[1:]), generator=noise_rng, device=device)[mine]
+        t = torch.randint(0, cfg.num_train_timesteps, (global_batch,), generator=noise_rng, device=device)[mine]
+        drop = (torch.rand(global_batch, generator=noise_rng, device=device) < cfg.uncond_prob)[mine]
         y = torch.where(drop, torch.full_like(y, null_label), y)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # what DDPMScheduler.add_noise computes
@@ -318,31 +327,32 @@ def train(cfg: TrainConfig) -> Path:
         # the running loss stays on the device: reading it every step would make the CPU wait for the GPU
         loss_ema = loss.detach() if loss_ema is None else torch.lerp(loss_ema, loss.detach(), 0.02)
         if step % cfg.log_every == 0 or step == last_step:
-            value = loss.item()
+            value = accelerator.reduce(loss.detach(), reduction="mean").item()
             now = time.perf_counter()
-            rate = (step - window_step) * cfg.batch_size / (now - window_start)
+            rate = (step - window_step) * global_batch / (now - window_start)
             window_start, window_step = now, step
             accelerator.print(
                 f"step {step}/{total_steps} epoch {step / steps_per_epoch:.2f} loss {value:.4f} (avg {loss_ema.item():.4f}) "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.0f} img/s",
                 flush=True,
             )
-        if curve_judge is not None and (step % curve_steps == 0 or step == last_step):
+        if curve_judge is not None and accelerator.is_main_process and (step % curve_steps == 0 or step == last_step):
             point = curve_judge.point(unwrapped, ema, step, steps_per_epoch)
             curve.append(point)
             accelerator.print(f"curve {json.dumps(point)}", flush=True)
             model.train()
         stopping = step == cfg.stop_after
-        if step % cfg.checkpoint_every == 0 or step == last_step or stopping:
+        if accelerator.is_main_process and (step % cfg.checkpoint_every == 0 or step == last_step or stopping):
             save_checkpoint(checkpoint_dir, unwrapped, ema, optimizer,
                             {"step": step, "wall_seconds": wall_before + time.perf_counter() - started, "curve": curve})
         if stopping:
             accelerator.print(f"stopped after step {step} (--stop-after); continue with --resume", flush=True)
             return out  # as if killed right after the checkpoint: no export
-        if step % cfg.export_every == 0 or step == last_step:
+        if accelerator.is_main_process and (step % cfg.export_every == 0 or step == last_step):
             export_pipeline(unwrapped, ema, scheduler, out, card())
-    if total_steps == 0 or not (out / "unet").exists():
+    if accelerator.is_main_process and (total_steps == 0 or not (out / "unet").exists()):
         export_pipeline(unwrapped, ema, scheduler, out, card())
+    accelerator.wait_for_everyone()
     return out
 
 
