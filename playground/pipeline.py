@@ -54,7 +54,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # relative ones cannot resolve.
 from playground.ablation import Ablation
 from playground.sampling import SAMPLERS, DiffusionModel, make_scheduler
-from playground.unet import PlaygroundUNet
+from playground.unet import TRAINING_ABLATION_KEY, PlaygroundUNet
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # Options of `from_pretrained` that concern how the unet is loaded, passed on when we load it as a PlaygroundUNet.
@@ -75,7 +75,7 @@ class GuidedDDPMPipeline(DiffusionPipeline):
         super().__init__()
         # A PlaygroundUNet applies the ablation a variant was trained with on every call; a UNet2DModel built from
         # the same config keeps it in its config unread and would sample with the parts the model never learned to use.
-        training_ablation = unet.config.get("training_ablation")
+        training_ablation = unet.config.get(TRAINING_ABLATION_KEY) or unet.config.get("training_ablation")
         if not isinstance(unet, PlaygroundUNet) and not Ablation.from_dict(training_ablation).is_intact:
             raise ValueError(
                 f"unet: this model was trained with parts switched off (training_ablation={training_ablation}), which "
