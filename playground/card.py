@@ -64,7 +64,9 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
     if evaluation:
         lines += ["", "## Measured", _metrics_table(evaluation)]
     lines += ["", "## Reproduce", *_reproduce_lines(folder.name, stages),
-              f"- measure: `python -m playground.evaluate --model weights/{folder.name} --json --baseline{_evaluation_flags(evaluation)}`", ""]
+              f"- measure: `python -m playground.evaluate --model weights/{folder.name} --json --baseline{_evaluation_flags(evaluation)} "
+              "--data-dir FOLDER`, FOLDER holding the full MNIST test files (the figures above; without it, the 512 "
+              "held-out test digits the package ships)", ""]
     return "\n".join(lines)
 
 
@@ -119,7 +121,8 @@ def _reproduce_lines(name: str, stages: list[dict]) -> list[str]:
 def _train_command(out: str, start: str, stage: dict) -> str:
     cfg = stage["train_config"]
     ablation = "".join(f" --ablation {spec}" for spec in cfg.get("ablation") or [])
-    return f"`python -m playground.train --data-dir ../shared/data/mnist --out {out}{ablation}{start}{_setting_flags(cfg)}`"
+    # no --data-dir: the default, MNIST from the Hub at a pinned commit, is there for any clone, a local folder is not
+    return f"`python -m playground.train --out {out}{ablation}{start}{_setting_flags(cfg)}`"
 
 
 def _setting_flags(cfg: dict) -> str:

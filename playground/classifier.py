@@ -5,7 +5,7 @@ confidence > 0.9" share and the class histogram of generated digits; its 128-d f
 where the Fréchet distance between generated and real digits is measured (FID's idea, with a judge
 trained on the data at hand rather than ImageNet's Inception).
 
-    python -m playground.classifier --data-dir ../shared/data/mnist --out weights/classifier
+    python -m playground.classifier --out weights/classifier   # MNIST from the Hugging Face Hub (fetched once)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .checkpoint import CheckedLoading
-from .data import load_mnist
+from .data import mnist
 
 
 class DigitClassifier(CheckedLoading, ModelMixin, ConfigMixin):
@@ -88,8 +88,8 @@ def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor,
 
 def train_classifier(data_dir, out, epochs=3, batch_size=128, lr=2e-3, seed=0, limit=None) -> dict:
     torch.manual_seed(seed)
-    images, labels = load_mnist(data_dir, "train", limit=limit)
-    test_images, test_labels = load_mnist(data_dir, "test", limit=limit)
+    images, labels = mnist("train", data_dir, limit=limit)
+    test_images, test_labels = mnist("test", data_dir, limit=limit)
     model = DigitClassifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * (len(images) // batch_size)
@@ -121,7 +121,8 @@ def train_classifier(data_dir, out, epochs=3, batch_size=128, lr=2e-3, seed=0, l
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m playground.classifier", description="Train our MNIST digit classifier.")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", help="folder with the MNIST gzip IDX files (default: fetch MNIST from the Hugging Face "
+                   "Hub once, ylecun/mnist at a pinned commit, cached under HF_HOME)")
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

@@ -27,7 +27,7 @@ import torch
 
 from .ablation import Ablation
 from .classifier import CONFIDENCE, DigitClassifier, class_entropy, classify, confident_share, load_classifier
-from .data import load_mnist
+from .data import HELDOUT_DIR, mnist
 from .sampling import DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Window, make_scheduler, sample
 from .setup import add_setup_arguments, setup_from_arguments
 
@@ -247,7 +247,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m playground.evaluate", description="Sample quality and ε-error of a model.")
     add_setup_arguments(p, batch_flag=None)  # --setup, --model, --sampler, --steps, --seed, --guidance, --ablate, ...
     p.add_argument("--classifier", default="weights/classifier")
-    p.add_argument("--data-dir", default="../shared/data/mnist", help="MNIST folder (the test split is used)")
+    p.add_argument("--data-dir", default=str(HELDOUT_DIR),
+                   help="folder with the MNIST gzip IDX files; its test split is used (default: %(default)s, the 512 "
+                   "held-out test digits the package ships)")
     p.add_argument("--num", type=int, default=UNCONDITIONAL_SAMPLES,
                    help=f"unconditional samples to judge (1-{UNCONDITIONAL_SAMPLES})")
     p.add_argument("--per-digit", type=int, default=25, help="conditional samples per digit for digit_accuracy")
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
         settings = setup.sample_settings(model)
         extras = dict(ablation_window=settings.ablation_window, timestep_lie=settings.timestep_lie, h_edit=settings.h_edit)
         classifier = load_classifier(args.classifier)
-        test_images, _ = load_mnist(args.data_dir, "test")
+        test_images, _ = mnist("test", args.data_dir)
         result = evaluate_model(model, classifier, test_images, ablation=setup.ablation, num=args.num, sampler=setup.sampler,
                                 steps=setup.steps, guidance=setup.guidance, seed=setup.seed, per_digit=args.per_digit,
                                 eps_images=args.eps_images, **extras)

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 
 from .classifier import DigitClassifier, load_classifier
-from .data import load_mnist
+from .data import HELDOUT_DIR, load_mnist
 from .sampling import DiffusionModel, TrajectoryCache, load_pipeline
 
-HELDOUT_DIR = Path(__file__).parent / "assets" / "mnist-heldout"
 
 
 class ModelRegistry:

@@ -1,7 +1,7 @@
 """The ablation study: every single-part ablation of each model -> sample quality and ε-error by t.
 
     python -m playground.study --models weights/mnist weights/mnist-noskip weights/mnist-noattn \
-        --data-dir ../shared/data/mnist --num 256 --out docs/study
+        --num 256 --out docs/study
 
 Writes `<out>/study.md` (one table row per model × ablation, then the window sweeps),
 `<out>/eps-<model>.png` (ε-error per timestep, one curve per ablation) and `<out>/sweep-<model>.png` (when
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .ablation import Ablation
 from .classifier import load_classifier
-from .data import load_mnist
+from .data import HELDOUT_DIR, mnist
 from .evaluate import CONFIDENCE, DIVERGED, evaluate_model
 from .explore import sweep_figure, window_sweep
 from .sampling import DiffusionModel, SampleSettings, digits_cycle, load_pipeline, sample
@@ -97,7 +97,7 @@ def band_means(eps_mse: dict[str, float]) -> dict[str, float]:
 def run_study(model_paths, data_dir, classifier_path, out: Path, num=256, steps=50, guidance=1.5, per_digit=25,
               eps_images=512, windows=10, sweep_batch=16, log=print) -> list[dict]:
     classifier = load_classifier(classifier_path)
-    test_images, _ = load_mnist(data_dir, "test")
+    test_images, _ = mnist("test", data_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, sweeps = [], {}
     for path in model_paths:
@@ -145,7 +145,9 @@ def markdown_table(rows, num, steps, guidance, per_digit, eps_images) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m playground.study", description="Every single-part ablation of each model.")
     p.add_argument("--models", nargs="+", default=["weights/mnist", "weights/mnist-noskip", "weights/mnist-noattn"])
-    p.add_argument("--data-dir", default="../shared/data/mnist")
+    p.add_argument("--data-dir", default=str(HELDOUT_DIR),
+                   help="folder with the MNIST gzip IDX files; its test split is used (default: %(default)s, the 512 "
+                   "held-out test digits the package ships)")
     p.add_argument("--classifier", default="weights/classifier")
     p.add_argument("--num", type=int, default=256)
     p.add_argument("--steps", type=int, default=50)

@@ -1,6 +1,7 @@
 """Train a PlaygroundUNet as a DDPM ε-predictor on MNIST, with classifier-free guidance labels.
 
-    python -m playground.train --data-dir ../shared/data/mnist --out weights/mnist
+    python -m playground.train --out weights/mnist            # MNIST from the Hugging Face Hub (fetched once)
+    python -m playground.train --data-dir D --out weights/x   # MNIST from the gzip IDX files in D
     python -m playground.train ... --resume                   # continue a killed run where it stopped
     python -m playground.train ... --ablation skip:all=0      # a variant trained without skips
     python -m playground.train ... --init-from weights/mnist  # start from shipped weights
@@ -35,7 +36,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
 from .ablation import parse_ablation_specs
-from .data import load_mnist
+from .data import mnist
 from .unet import TRAINING_ABLATION_KEY, PlaygroundUNet
 
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
@@ -44,7 +45,7 @@ CHECKPOINT_STATE = "checkpoint.json"
 
 @dataclass
 class TrainConfig:
-    data_dir: str
+    data_dir: str | None  # None: MNIST from the Hugging Face Hub
     out: str
     checkpoint_dir: str | None = None
     epochs: float = 8.0
@@ -240,7 +241,7 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     checkpoint_dir = Path(cfg.checkpoint_dir or Path("checkpoints") / out.name)
 
-    images, labels = load_mnist(cfg.data_dir, "train", limit=cfg.limit)
+    images, labels = mnist("train", cfg.data_dir, limit=cfg.limit)
     images, labels = images.to(device), labels.to(device)
     # under `accelerate launch` every process draws the same global batch and trains on its own slice of it, so N
     # processes of batch B take the steps one process of batch N·B takes (DDP averages their gradients)
@@ -359,7 +360,8 @@ def train(cfg: TrainConfig) -> Path:
 def parse_args(argv=None) -> TrainConfig:
     defaults = TrainConfig(data_dir="", out="")
     p = argparse.ArgumentParser(prog="python -m playground.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", required=True, help="folder with the MNIST gzip IDX files")
+    p.add_argument("--data-dir", help="folder with the MNIST gzip IDX files (default: fetch MNIST from the Hugging Face "
+                   "Hub once, ylecun/mnist at a pinned commit, cached under HF_HOME)")
     p.add_argument("--out", required=True, help="pipeline folder to write (e.g. weights/mnist)")
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default checkpoints/<out name>)")
     p.add_argument("--epochs", type=float, default=defaults.epochs)

@@ -1,6 +1,6 @@
 """Train the flagship and its variants side by side: one recipe, one budget, the same batches to the step.
 
-    python -m playground.train_family --data-dir D --out-root runs/family --budget-seconds 300 [train flags]
+    python -m playground.train_family --out-root runs/family --budget-seconds 300 [--data-dir D] [train flags]
 
 Each member is `python -m playground.train` with the same flags and seed, so the same images and the same noise
 at every step, and its own `--ablation`: `mnist` (intact), `mnist-noskip` (skip:all=0), `mnist-noattn` (attn:all).
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data import load_mnist
+from .data import mnist
 from .train import parse_args as parse_train_args
 
 MEMBERS = {"mnist": [], "mnist-noskip": ["--ablation", "skip:all=0"], "mnist-noattn": ["--ablation", "attn:all"]}
@@ -33,8 +33,10 @@ RATE = re.compile(r"step (\d+)/\d+ .* (\d+) img/s")
 BUDGET_SHARE = 0.65
 
 
-def member_command(name: str, out_root: Path, data_dir: str, train_flags: list[str], epochs: float, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "playground.train", "--data-dir", data_dir, "--out", str(out_root / name),
+def member_command(name: str, out_root: Path, data_dir: str | None, train_flags: list[str], epochs: float,
+                   extra: list[str]) -> list[str]:
+    data = ["--data-dir", data_dir] if data_dir else []
+    return [sys.executable, "-m", "playground.train", *data, "--out", str(out_root / name),
             "--checkpoint-dir", str(out_root / "checkpoints" / name), *MEMBERS[name], *train_flags,
             "--epochs", str(epochs), *extra]
 
@@ -73,7 +75,7 @@ def sized_epochs(seconds_left: float, images_per_second: float, images_per_epoch
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m playground.train_family", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="folder with the MNIST gzip IDX files")
+    p.add_argument("--data-dir", help="folder with the MNIST gzip IDX files (default: MNIST from the Hugging Face Hub)")
     p.add_argument("--out-root", required=True, help="each member's pipeline folder goes to OUT_ROOT/<name>")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--epochs", type=float, help="train every member this many epochs")
@@ -84,7 +86,8 @@ def main(argv=None) -> int:
     args, train_flags = p.parse_known_args(argv)
     out_root, started = Path(args.out_root), time.perf_counter()
     try:
-        cfg = parse_train_args(["--data-dir", args.data_dir, "--out", str(out_root / "probe"), *train_flags])
+        cfg = parse_train_args([*(["--data-dir", args.data_dir] if args.data_dir else []), "--out", str(out_root / "probe"),
+                                *train_flags])
     except SystemExit:
         return 2
     logs, summary = out_root / "logs", {"members": args.members, "train_flags": train_flags}
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
     if args.budget_seconds is not None:
         if args.calibration_steps > cfg.warmup_steps:
             p.error(f"--calibration-steps ({args.calibration_steps}) must lie inside the warmup ({cfg.warmup_steps} steps)")
-        images = len(load_mnist(args.data_dir, "train", limit=cfg.limit)[1])
+        images = len(mnist("train", args.data_dir, limit=cfg.limit)[1])
         images_per_epoch = images // cfg.batch_size * cfg.batch_size
         outputs = run_members({name: member_command(name, out_root, args.data_dir, train_flags, args.max_epochs,
                                                     ["--stop-after", str(args.calibration_steps)])

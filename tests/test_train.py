@@ -126,6 +126,7 @@ def test_a_run_started_from_shipped_weights_records_their_training_and_its_card_
     assert "stage 2, from the previous stage's EMA weights" in card
     assert f"in all: {2 * first_stage['epochs_done']:.2f} epochs" in card
     assert "--checkpoint-dir checkpoints/out-stage2" in card  # stage 2 must not resume stage 1's checkpoints
+    assert "--data-dir" not in card  # the default, MNIST from the Hub, is there in any clone; a folder may not be
     stage_1, stage_2 = (line for line in card.splitlines() if line.startswith("- stage") and "python -m playground.train" in line)
     assert "--uncond-prob" not in stage_1 and "--uncond-prob 0.4" in stage_2  # a changed setting is stated
     assert "null label for 15% of examples" in card and "null label for 40% of examples" in card
