@@ -73,7 +73,8 @@ def render_card(folder: Path, evaluation: dict | None, hardware: str) -> str:
 def _evaluation_flags(evaluation: dict | None) -> str:
     """The evaluate options behind the figures beyond its defaults, so the measure command gives them all."""
     evaluation = evaluation or {}
-    flags = f" --num {evaluation['num']}" if evaluation.get("num", UNCONDITIONAL_SAMPLES) != UNCONDITIONAL_SAMPLES else ""
+    flags = " --full"
+    flags += f" --num {evaluation['num']}" if evaluation.get("num", UNCONDITIONAL_SAMPLES) != UNCONDITIONAL_SAMPLES else ""
     flags += f" --guidance {evaluation['guidance']}" if "guidance" in evaluation else ""
     if evaluation.get("digit_accuracy_by_guidance"):
         flags += " --guidance-sweep " + " ".join(evaluation["digit_accuracy_by_guidance"])

@@ -33,6 +33,10 @@ from .setup import add_setup_arguments, setup_from_arguments
 
 UNCONDITIONAL_SAMPLES = 256  # the quality bar judges this many unconditional samples (one batch, one draw)
 
+# evaluate's CLI: the documented protocol (--full) and the quick look it gives without the flag (~20× less work)
+FULL = {"num": UNCONDITIONAL_SAMPLES, "per_digit": 25, "eps_images": 512}
+QUICK = {"num": 32, "per_digit": 2, "eps_images": 64}
+
 DEFAULT_TIMESTEPS = (0, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 # |pixel| beyond twice the data range [-1, 1]: the run has left what the model and the classifier know. The
 # classifier sees such images clipped to [-1, 1], where saturated noise can read as a confident digit.
@@ -250,10 +254,15 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=str(HELDOUT_DIR),
                    help="folder with the MNIST gzip IDX files; its test split is used (default: %(default)s, the 512 "
                    "held-out test digits the package ships)")
-    p.add_argument("--num", type=int, default=UNCONDITIONAL_SAMPLES,
-                   help=f"unconditional samples to judge (1-{UNCONDITIONAL_SAMPLES})")
-    p.add_argument("--per-digit", type=int, default=25, help="conditional samples per digit for digit_accuracy")
-    p.add_argument("--eps-images", type=int, default=512, help="held-out test digits for the ε-error per timestep")
+    p.add_argument("--full", action="store_true",
+                   help=f"the documented protocol: {FULL['num']} unconditional samples, {FULL['per_digit']} per digit, "
+                        f"{FULL['eps_images']} ε-images (a few minutes on 2 cores); without it, the quick defaults below")
+    p.add_argument("--num", type=int, help=f"unconditional samples to judge (1-{UNCONDITIONAL_SAMPLES}; default "
+                                           f"{QUICK['num']}, {FULL['num']} with --full)")
+    p.add_argument("--per-digit", type=int, help=f"conditional samples per digit for digit_accuracy (default "
+                                                 f"{QUICK['per_digit']}, {FULL['per_digit']} with --full)")
+    p.add_argument("--eps-images", type=int, help=f"held-out test digits for the ε-error per timestep (default "
+                                                  f"{QUICK['eps_images']}, {FULL['eps_images']} with --full)")
     p.add_argument("--guidance-sweep", type=float, nargs="+", metavar="W",
                    help="also report digit accuracy at each of these guidance scales")
     p.add_argument("--baseline", action="store_true", help="also report two disjoint sets of real test digits")
@@ -261,6 +270,9 @@ def main(argv=None) -> int:
                    help="also judge K draws of --num unconditional samples (seeds --seed … --seed+K-1): mean and standard error")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    for key, value in (FULL if args.full else QUICK).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         if not 1 <= args.num <= UNCONDITIONAL_SAMPLES:
             raise ValueError(f"--num must be from 1 to {UNCONDITIONAL_SAMPLES}, got {args.num}")
@@ -276,6 +288,7 @@ def main(argv=None) -> int:
         result = evaluate_model(model, classifier, test_images, ablation=setup.ablation, num=args.num, sampler=setup.sampler,
                                 steps=setup.steps, guidance=setup.guidance, seed=setup.seed, per_digit=args.per_digit,
                                 eps_images=args.eps_images, **extras)
+        result |= {"per_digit": args.per_digit, "eps_images": min(args.eps_images, len(test_images))}
         if args.guidance_sweep and model.null_label is not None:
             result["digit_accuracy_by_guidance"] = {
                 str(w): digit_accuracy(model, classifier, SampleSettings(guidance=w).guidance, ablation=setup.ablation,

@@ -354,3 +354,15 @@ def test_the_cache_refuses_a_budget_that_is_not_a_byte_count(bad):
 def test_the_cache_refuses_a_wait_that_is_not_a_number_of_seconds(bad):
     with pytest.raises(ValueError, match="take_over_wait"):
         TrajectoryCache(2**20, take_over_wait=bad)
+
+
+def test_evaluate_is_quick_by_default_and_runs_the_documented_protocol_with_full(weights, capsys):
+    from playground.evaluate import FULL, QUICK, main
+
+    common = ["--model", str(weights / "tiny"), "--classifier", str(weights / "classifier"), "--steps", "2", "--json"]
+    assert main(common) == 0
+    quick = json.loads(capsys.readouterr().out)
+    assert (quick["num"], quick["per_digit"], quick["eps_images"]) == (QUICK["num"], QUICK["per_digit"], QUICK["eps_images"])
+    assert main([*common, "--full", "--per-digit", "1"]) == 0  # an explicit flag still wins over the protocol
+    full = json.loads(capsys.readouterr().out)
+    assert (full["num"], full["per_digit"], full["eps_images"]) == (FULL["num"], 1, FULL["eps_images"])
