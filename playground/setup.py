@@ -156,7 +156,12 @@ class PlaygroundSetup:
             data = json.loads(text)
         except (json.JSONDecodeError, TypeError) as error:
             raise ValueError(f"setup: not valid JSON ({error})") from None
-        return cls.from_dict(data)
+        except RecursionError:  # a short text can nest deeper than the parser's stack: "[[[[…"
+            raise ValueError("setup: nested too deeply to be a setup (a setup is one flat object of a few fields)") from None
+        try:
+            return cls.from_dict(data)
+        except RecursionError:
+            raise ValueError("setup: nested too deeply to be a setup (a setup is one flat object of a few fields)") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "PlaygroundSetup":

@@ -449,3 +449,10 @@ def test_evaluate_cli_applies_the_setups_window_and_lie(weights, tmp_path, capsy
                    "--num", "8", "--per-digit", "1", "--eps-images", "8", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert status == 0 and result["ablation_window"] == [0, 300] and result["timestep_lie"] == {"offset": 0, "fixed": 10}
+
+
+@pytest.mark.parametrize("text", ["[" * 5000 + "]" * 5000, '{"a":' * 1800 + "1" + "}" * 1800])
+def test_a_setup_nested_deeper_than_the_parser_goes_is_refused_by_name(text):
+    assert len(text) < 20_000  # within the app's size cap: only the nesting is wrong
+    with pytest.raises(ValueError, match="^setup: nested too deeply"):
+        PlaygroundSetup.from_json(text)
