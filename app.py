@@ -548,6 +548,9 @@ def _generate_request(registry, model_a, model_b, digit, guidance, seed, sampler
     *skip_values, attention_off, time_off, state = rest
     settings = _settings(sampler, steps, seed, batch, digit, guidance)
     a_model, b_model = _models(registry, model_a, model_b)
+    if settings.label is not None and a_model.null_label is None:
+        raise ValueError(f"Digit: `{a_model.name}` draws without labels (an unconditional model); "
+                         f"choose “{DIGIT_CHOICES[0]}”")
     options = _options_in(state)
     return settings, a_model, b_model, _with_freeu(_ablation(b_model, skip_values, attention_off, time_off), options), options
 
@@ -715,7 +718,10 @@ def render_numbers(registry, state):
     table = [f"**A** = `{state['model_a']}` intact · **B** = `{state['model_b']}` with {_describe(state['ablation_b'])}"
              + (f" ({timing})" if timing else ""), "",
              f"Mean |A − B| of the final images: **{(a.final - b.final).abs().mean():.4f}** (pixel units of [−1, 1])."]
-    classifier = registry.classifier()
+    model = registry.get(state["model_a"])
+    classifier = registry.classifier_for(model)
+    if classifier is None and registry.classifier() is not None:
+        table += ["", not_digits(model)]
     if classifier is not None:
         table += ["", f"| | digits our classifier sees (confidence) | share confident > {CONFIDENCE} |", "|---|---|---|"]
         for name, trajectory in (("A", a), ("B", b)):
@@ -725,6 +731,13 @@ def render_numbers(registry, state):
             table.append(f"| {name} | {seen} | {confident_share(confidence):.0%} |")
         table += _off_range_warnings(a, b)
     return figure, "\n".join(table)
+
+
+def not_digits(model) -> str:
+    """Why the digit numbers step aside for a model of another kind of image."""
+    shape = "×".join(map(str, model.image_shape))
+    return (f"`{model.name}` draws {shape} images; our digit classifier reads 1×28×28 MNIST digits, so its verdicts "
+            "(and every number built on them) are left out for this model.")
 
 
 def _off_range_warnings(a, b) -> list[str]:
@@ -848,15 +861,18 @@ def compute_numbers(registry, state, step, progress=gr.Progress()):
     """ε-error per timestep for A vs B on held-out digits, and skip vs backbone spectra of A and B."""
     state = _session(state)
     step = min(_slider_step(step, state["a"]), len(state["a"]) - 1)
-    progress(0.1, desc="ε-error of A on 128 held-out test digits")
-    curve_a = _eps_curve(registry, state["model_a"], Ablation())
-    progress(0.5, desc="ε-error of B")
-    curve_b = _eps_curve(registry, state["model_b"], state["ablation_b"])
-    eps_figure = curves_figure(
-        {f"A: {state['model_a']}": (list(curve_a), list(curve_a.values())),
-         f"B: {state['model_b']}, {_describe(state['ablation_b'])}": (list(curve_b), list(curve_b.values()))},
-        "Denoising error per timestep (lower is better)", "timestep t (0 = clean, 999 = pure noise)", "mean (ε̂ − ε)²", logy=True,
-    )
+    model = registry.get(state["model_a"])
+    if model.image_shape == tuple(registry.heldout()[0].shape[1:]):
+        progress(0.1, desc="ε-error of A on 128 held-out test digits")
+        curve_a = _eps_curve(registry, state["model_a"], Ablation())
+        progress(0.5, desc="ε-error of B")
+        curve_b = _eps_curve(registry, state["model_b"], state["ablation_b"])
+        curves, title = {f"A: {state['model_a']}": (list(curve_a), list(curve_a.values())),
+                         f"B: {state['model_b']}, {_describe(state['ablation_b'])}": (list(curve_b), list(curve_b.values()))}, \
+            "Denoising error per timestep (lower is better)"
+    else:  # the held-out test images are MNIST digits: no ε-error to measure on them for another kind of image
+        curves, title = {}, textwrap.fill(f"No ε-error: it is measured on held-out MNIST digits, and {not_digits(model)[:-1]}", 90)
+    eps_figure = curves_figure(curves, title, "timestep t (0 = clean, 999 = pure noise)", "mean (ε̂ − ε)²", logy=bool(curves))
     panels = {}
     for label, key in (("A", "a"), ("B", "b")):
         spectra = skip_backbone_spectra(features_at(registry.get(state[f"model_{key}"]), state[key], step, 0))
@@ -1072,13 +1088,14 @@ def sweep_ablation(registry, state, windows, progress=gr.Progress()):
         raise ValueError(f"the sweep would run {passes} network passes ({windows} windows × {steps} steps × {batch} samples); "
                          f"this server allows {MAX_IMAGE_FORWARDS}. Use fewer windows or fewer steps.")
     report = _timed(time.monotonic(), lambda i, n: progress((i, n), desc=f"{windows} windows over t"))
-    sweep = window_sweep(model, settings, ablation, windows, classifier=registry.classifier(), intact=intact, progress=report)
+    sweep = window_sweep(model, settings, ablation, windows, classifier=registry.classifier_for(model), intact=intact,
+                         progress=report)
     figure = sweep_figure({"B's ablation in the window": sweep}, f"When does it matter? ({batch} samples; dashed: at every step)")
     rows = [f"| window (t) | mean abs Δ of final samples | same digit as intact | confident > {CONFIDENCE} |", "|---|---|---|---|"]
     for k, window in enumerate(sweep.windows):
         quality = sweep.quality[k] if sweep.quality else {}
-        rows.append(f"| {window.t_max} → {window.t_min} | {float(sweep.change[k]):.4f} | "
-                    f"{quality.get('kept', float('nan')):.0%} | {quality.get('confident', float('nan')):.0%} |")
+        kept, confident = (f"{quality[key]:.0%}" if key in quality else "–" for key in ("kept", "confident"))
+        rows.append(f"| {window.t_max} → {window.t_min} | {float(sweep.change[k]):.4f} | {kept} | {confident} |")
     whole = "" if sweep.full_change is None else f" Applied at every step instead: mean abs Δ = **{sweep.full_change:.4f}**."
     rows += ["", f"B's ablation: {_describe(ablation)}. {windows} windows, {batch} samples, {steps} {settings.sampler} steps, {sweep.seconds:.1f} s.{whole} "
                  "The reverse process meets the windows top to bottom (large t first)."]
@@ -1088,7 +1105,10 @@ def sweep_ablation(registry, state, windows, progress=gr.Progress()):
 def digit_decides(registry, state, sample_index):
     """Our classifier on x̂0 at every step of A and B: when each sample's digit is decided, and how surely."""
     state = _session(state)
-    classifier = registry.classifier()
+    model = registry.get(state["model_a"])
+    classifier = registry.classifier_for(model)
+    if classifier is None and registry.classifier() is not None:
+        raise ValueError(not_digits(model))
     if classifier is None:
         raise ValueError("This server has no working digit classifier (weights/classifier), so it cannot read the digits.")
     sample_index = _slider_sample(sample_index, state["a"])

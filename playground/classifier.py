@@ -55,6 +55,7 @@ def load_classifier(path: str | Path) -> DigitClassifier:
 
 
 CONFIDENCE = 0.9  # a verdict counts as sure above this probability of its most likely digit
+DIGIT_SHAPE = (1, 28, 28)  # what the classifier reads: its verdicts on any other kind of image mean nothing
 
 
 @torch.inference_mode()

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .classifier import DigitClassifier, load_classifier
+from .classifier import DIGIT_SHAPE
 from .data import HELDOUT_DIR, load_mnist
 from .sampling import DiffusionModel, TrajectoryCache, load_pipeline
 
@@ -86,6 +87,10 @@ class ModelRegistry:
         directory layout is nobody's business on a public page."""
         message = f"{type(error).__name__}: {error}".replace(str(self.root.resolve()), self.root.name)
         return message.replace(str(self.root), self.root.name).splitlines()[0][:400]
+
+    def classifier_for(self, model: DiffusionModel):
+        """Our digit classifier where its verdicts mean something, on models that draw MNIST-shaped images; else None."""
+        return self.classifier() if model.image_shape == DIGIT_SHAPE else None
 
     def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out MNIST test digits shipped with the library (for ε-error in the app)."""
