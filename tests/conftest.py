@@ -8,6 +8,7 @@ zero-initialised layers cannot hide a difference and every run sees the same num
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from
 
 from helpers import MNIST_SLICE, THREE_LEVEL_UNET, TINY_UNET, build_unet, make_input
 from playground import PlaygroundUNet, load_pipeline
+from playground.data import MNIST_FILES
 from tiny_weights import make_tiny_weights
 
 
@@ -58,6 +60,15 @@ def timesteps() -> torch.Tensor:
 @pytest.fixture
 def mnist_slice() -> Path:
     return MNIST_SLICE
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    """The committed slice of MNIST *test* files, under the *train* names train() reads."""
+    folder = tmp_path_factory.mktemp("mnist")
+    for source, target in zip(MNIST_FILES["test"], MNIST_FILES["train"]):
+        shutil.copy(MNIST_SLICE / source, folder / target)
+    return folder
 
 
 # A tiny pipeline folder (unet + scheduler, class-conditional), written once per test module.

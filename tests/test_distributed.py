@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,22 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import MNIST_SLICE
 from playground import PlaygroundUNet
-from playground.data import MNIST_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ["--limit", "64", "--warmup-steps", "2", "--block-out-channels", "8", "16", "--attention-levels", "1",
          "--log-every", "1", "--checkpoint-every", "2", "--epochs", "2", "--threads", "1"]
 STEP_LOSS = re.compile(r"step (\d+)/\d+ epoch [\d.]+ loss ([\d.]+)")
-
-
-@pytest.fixture(scope="module")
-def train_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mnist")
-    for source, target in zip(MNIST_FILES["test"], MNIST_FILES["train"]):
-        shutil.copy(MNIST_SLICE / source, folder / target)
-    return folder
 
 
 def free_port() -> int:

@@ -9,7 +9,8 @@ from diffusers.models.attention_processor import Attention
 
 from helpers import THREE_LEVEL_UNET, TINY_UNET, build_unet, make_input
 from playground import PlaygroundUNet
-from playground.unet import SelfAttention, feature_group
+from playground.blocks import SelfAttention
+from playground.unet import feature_group
 
 # Two resnets per level, so the names below must count per layer, not per block.
 FEATURE_UNET = dict(THREE_LEVEL_UNET, layers_per_block=2)

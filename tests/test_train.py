@@ -12,21 +12,10 @@ import torch
 from diffusers import DDPMPipeline, UNet2DModel
 from safetensors.torch import load_file
 
-from helpers import MNIST_SLICE
 from playground import PlaygroundUNet
-from playground.data import MNIST_FILES
 from playground.train import CHECKPOINT_STATE, CHECKPOINT_TENSORS, TrainConfig, parse_args, timestep_loss_weights, train
 
 STEPS_PER_EPOCH = 64 // 16
-
-
-@pytest.fixture(scope="module")
-def train_data(tmp_path_factory):
-    """The committed slice of MNIST *test* files, under the *train* names train() reads."""
-    folder = tmp_path_factory.mktemp("mnist")
-    for source, target in zip(MNIST_FILES["test"], MNIST_FILES["train"]):
-        shutil.copy(MNIST_SLICE / source, folder / target)
-    return folder
 
 
 def tiny_config(data_dir, root, **overrides) -> TrainConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,22 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import MNIST_SLICE
-from playground.data import MNIST_FILES
 from playground.train_family import last_rate, sized_epochs
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_FLAGS = ["--limit", "64", "--batch-size", "16", "--warmup-steps", "6", "--block-out-channels", "8", "16",
               "--attention-levels", "1", "--log-every", "2", "--checkpoint-every", "3", "--threads", "1"]
 WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
-
-
-@pytest.fixture(scope="module")
-def train_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mnist")
-    for source, target in zip(MNIST_FILES["test"], MNIST_FILES["train"]):
-        shutil.copy(MNIST_SLICE / source, folder / target)
-    return folder
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
