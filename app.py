@@ -175,7 +175,7 @@ def drawn(value):
 
     Left to gr.Plot, a figure is drawn in Gradio's postprocessing, after the handler has returned. For a handler on
     the network thread, that is when the idle-time guesses start, and a guess's Python competes with matplotlib's for
-    the GIL: the drift plot took 108-143 ms there, against 53-84 ms with guessing off (benchmarks/README.md, stop 24).
+    the GIL: the drift plot took 108-143 ms there, against 53-84 ms with guessing off.
     """
     if not isinstance(value, Figure):
         return value

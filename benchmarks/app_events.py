@@ -324,7 +324,7 @@ def main():
         for change, switch in mid_guess_pairs(args.repeats):
             plan += [("ablation change", "/ablate", change, 0), (MID_GUESS, "/ablate", switch, args.mid_guess_delay)]
         # loaded on the network thread: loading on this one would give it an OpenMP team, and every network after it
-        # would run ~2x slower (app.NETWORK_THREAD); until stop 22 it did, and the ablation changes measured 1.5-2.2 s
+        # would run ~2x slower (app.NETWORK_THREAD): the ablation changes then measure 1.5-2.2 s
         model = app.on_network_thread(lambda: app.ModelRegistry(ROOT / "weights").get("mnist"))()
         peers = bare_peers(app, model, ablation_seed=args.repeats - 1)
         timings = run_plan(demo, url, [(0, api_name, list(arguments), delay) for _, api_name, arguments, delay in plan],

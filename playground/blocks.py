@@ -70,7 +70,7 @@ class PointwiseConv(nn.Conv2d):
     batch 16), and the two round differently (by ~1e-7; measured on the test models, not the flagship). A run on one
     thread (a guess computed in the idle time, or A and B side by side) would then differ from the same run on two,
     and kept runs are served as the run a request would compute. The product is the same on any thread count, and
-    as fast (benchmarks/README.md, stop 23).
+    as fast.
     """
 
     def __init__(self, in_channels: int, out_channels: int):

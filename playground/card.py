@@ -29,7 +29,8 @@ WHAT_DIFFUSERS_DOES = {
     True: "Stock diffusers loads every component and computes the same function: "
           "`UNet2DModel.from_pretrained(folder, subfolder=\"unet\")` gives the same outputs as ours, and "
           "`DDPMPipeline.from_pretrained(folder)` loads unet and scheduler. Sampling needs `class_labels` "
-          "(10 = no digit), which `DDPMPipeline.__call__` does not pass: use `playground.sampling` for labels and guidance.",
+          "(10 = no digit), which `DDPMPipeline.__call__` does not pass: `playground.pipeline.GuidedDDPMPipeline` "
+          "takes digits and a guidance scale (`GuidedDDPMPipeline.from_pretrained(folder)`).",
     False: "Stock diffusers loads every component (`DDPMPipeline.from_pretrained(folder)`, "
            "`UNet2DModel.from_pretrained(folder, subfolder=\"unet\")`) but **cannot reproduce this model**: "
            "it has no way to switch off the parts this variant was trained without, so it computes the intact "
