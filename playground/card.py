@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .cli import ShowDefaults
 from .evaluate import CONFIDENCE, UNCONDITIONAL_SAMPLES
 from .train import TrainConfig
 from .unet import TRAINING_ABLATION_KEY
@@ -252,10 +253,11 @@ def _count_parameters(folder: Path) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m playground.card", description="Write a weights folder's model card.")
-    p.add_argument("folder")
+    p = argparse.ArgumentParser(prog="python -m playground.card", description="Write a weights folder's model card.",
+                                formatter_class=ShowDefaults)
+    p.add_argument("folder", help="the weights folder whose README.md is written")
     p.add_argument("--eval", help="JSON written by `python -m playground.evaluate --json --baseline`")
-    p.add_argument("--hardware", default="2 CPU cores (AMD EPYC), no GPU")
+    p.add_argument("--hardware", default="2 CPU cores (AMD EPYC), no GPU", help="what the model was trained on, in words")
     args = p.parse_args(argv)
     folder = Path(args.folder)
     try:

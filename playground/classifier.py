@@ -24,6 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .checkpoint import CheckedLoading
+from .cli import ShowDefaults
 from .data import mnist
 
 
@@ -121,13 +122,14 @@ def train_classifier(data_dir, out, epochs=3, batch_size=128, lr=2e-3, seed=0, l
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m playground.classifier", description="Train our MNIST digit classifier.")
+    p = argparse.ArgumentParser(prog="python -m playground.classifier", description="Train our MNIST digit classifier.",
+                                formatter_class=ShowDefaults)
     p.add_argument("--data-dir", help="folder with the MNIST gzip IDX files (default: fetch MNIST from the Hugging Face "
                    "Hub once, ylecun/mnist at a pinned commit, cached under HF_HOME)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int)
+    p.add_argument("--out", required=True, help="folder to write the classifier to")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training set")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order")
+    p.add_argument("--limit", type=int, help="train on the first N images only")
     args = p.parse_args(argv)
     try:
         print(json.dumps(train_classifier(args.data_dir, args.out, epochs=args.epochs, seed=args.seed, limit=args.limit)))

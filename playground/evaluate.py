@@ -27,6 +27,7 @@ import torch
 
 from .ablation import Ablation
 from .classifier import CONFIDENCE, DigitClassifier, class_entropy, classify, confident_share, load_classifier
+from .cli import ShowDefaults
 from .data import HELDOUT_DIR, mnist
 from .sampling import DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Window, make_scheduler, sample
 from .setup import add_setup_arguments, setup_from_arguments
@@ -248,9 +249,10 @@ def real_baseline(classifier: DigitClassifier, test_images: torch.Tensor, num: i
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m playground.evaluate", description="Sample quality and ε-error of a model.")
+    p = argparse.ArgumentParser(prog="python -m playground.evaluate", description="Sample quality and ε-error of a model.",
+                                formatter_class=ShowDefaults)
     add_setup_arguments(p, batch_flag=None)  # --setup, --model, --sampler, --steps, --seed, --guidance, --ablate, ...
-    p.add_argument("--classifier", default="weights/classifier")
+    p.add_argument("--classifier", default="weights/classifier", help="the digit classifier that judges the samples")
     p.add_argument("--data-dir", default=str(HELDOUT_DIR),
                    help="folder with the MNIST gzip IDX files; its test split is used (default: %(default)s, the 512 "
                    "held-out test digits the package ships)")

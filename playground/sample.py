@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli import ShowDefaults
 from .explore import export_safetensors, trajectory_metadata, trajectory_tensors
 from .sampling import sample
 from .setup import add_setup_arguments, setup_from_arguments
@@ -20,7 +21,8 @@ from .viz import image_grid, save_gif, trajectory_frames
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m playground.sample", description="Sample digits from a pipeline folder.")
+    p = argparse.ArgumentParser(prog="python -m playground.sample", description="Sample digits from a pipeline folder.",
+                                formatter_class=ShowDefaults)
     add_setup_arguments(p, batch_flag="--num")
     p.add_argument("--out", required=True, help="PNG grid of the final samples")
     p.add_argument("--gif", help="also write the x̂0 of every step as a GIF")

@@ -21,6 +21,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from .checkpoint import check_model_folder
+from .cli import ShowDefaults
 from .train import model_settings, write_pipeline_folder
 from .unet import PlaygroundUNet
 
@@ -73,7 +74,7 @@ def _json_object(path: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=ShowDefaults)
     p.add_argument("--out", required=True, help="pipeline folder to write (may be one of the ingredients)")
     p.add_argument("ingredients", nargs="+", help="pipeline folders to average (same architecture and schedule)")
     args = p.parse_args(argv)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .ablation import Ablation
 from .classifier import load_classifier
+from .cli import ShowDefaults
 from .data import HELDOUT_DIR, mnist
 from .evaluate import CONFIDENCE, DIVERGED, evaluate_model
 from .explore import sweep_figure, window_sweep
@@ -143,20 +144,22 @@ def markdown_table(rows, num, steps, guidance, per_digit, eps_images) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m playground.study", description="Every single-part ablation of each model.")
-    p.add_argument("--models", nargs="+", default=["weights/mnist", "weights/mnist-noskip", "weights/mnist-noattn"])
+    p = argparse.ArgumentParser(prog="python -m playground.study", description="Every single-part ablation of each model.",
+                                formatter_class=ShowDefaults)
+    p.add_argument("--models", nargs="+", default=["weights/mnist", "weights/mnist-noskip", "weights/mnist-noattn"],
+                   help="pipeline folders to study")
     p.add_argument("--data-dir", default=str(HELDOUT_DIR),
                    help="folder with the MNIST gzip IDX files; its test split is used (default: %(default)s, the 512 "
                    "held-out test digits the package ships)")
-    p.add_argument("--classifier", default="weights/classifier")
-    p.add_argument("--num", type=int, default=256)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=1.5)
-    p.add_argument("--per-digit", type=int, default=25)
+    p.add_argument("--classifier", default="weights/classifier", help="the digit classifier that judges the samples")
+    p.add_argument("--num", type=int, default=256, help="unconditional samples per ablation")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per run")
+    p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance for digit accuracy")
+    p.add_argument("--per-digit", type=int, default=25, help="conditional samples per digit")
     p.add_argument("--eps-images", type=int, default=512, help="held-out test digits for the ε-error")
     p.add_argument("--windows", type=int, default=10, help="window positions per sweep (0: no sweeps)")
-    p.add_argument("--sweep-batch", type=int, default=16)
-    p.add_argument("--out", default="docs/study")
+    p.add_argument("--sweep-batch", type=int, default=16, help="samples per window sweep")
+    p.add_argument("--out", default="docs/study", help="folder for the tables, study.json and figures")
     args = p.parse_args(argv)
     try:
         rows = run_study([Path(m) for m in args.models], args.data_dir, args.classifier, Path(args.out),

@@ -15,12 +15,14 @@ import sys
 from pathlib import Path
 
 from .classifier import load_classifier
+from .cli import ShowDefaults
 from .explore import sweep_figure, window_sweep
 from .setup import add_setup_arguments, setup_from_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m playground.sweep", description="An ablation in a t-window sliding over the reverse process.")
+    p = argparse.ArgumentParser(prog="python -m playground.sweep", description="An ablation in a t-window sliding over the reverse process.",
+                                formatter_class=ShowDefaults)
     add_setup_arguments(p, batch_flag="--batch")
     p.add_argument("--windows", type=int, default=10, help="number of consecutive t-windows (default 10)")
     p.add_argument("--classifier", default="weights/classifier", help="our digit classifier; 'none' to skip quality")

@@ -36,6 +36,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
 from .ablation import parse_ablation_specs
+from .cli import ShowDefaults
 from .data import mnist
 from .unet import TRAINING_ABLATION_KEY, PlaygroundUNet
 
@@ -359,24 +360,25 @@ def train(cfg: TrainConfig) -> Path:
 
 def parse_args(argv=None) -> TrainConfig:
     defaults = TrainConfig(data_dir="", out="")
-    p = argparse.ArgumentParser(prog="python -m playground.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m playground.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=ShowDefaults)
     p.add_argument("--data-dir", help="folder with the MNIST gzip IDX files (default: fetch MNIST from the Hugging Face "
                    "Hub once, ylecun/mnist at a pinned commit, cached under HF_HOME)")
     p.add_argument("--out", required=True, help="pipeline folder to write (e.g. weights/mnist)")
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default checkpoints/<out name>)")
-    p.add_argument("--epochs", type=float, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
-    p.add_argument("--uncond-prob", type=float, default=defaults.uncond_prob)
+    p.add_argument("--epochs", type=float, default=defaults.epochs, help="length of the run: sets the learning-rate schedule")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images a step, on each process")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW peak learning rate (linear warmup, then cosine decay)")
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="steps of linear warmup")
+    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the exported EMA weights")
+    p.add_argument("--uncond-prob", type=float, default=defaults.uncond_prob, help="share of labels replaced by the null label (no digit)")
     p.add_argument("--min-snr-gamma", type=float, metavar="GAMMA",
                    help="weight the loss by min(SNR, GAMMA)/SNR (Min-SNR; 5 in its paper); default: uniform")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seeds the initial weights, the data order and the noise")
     p.add_argument("--limit", type=int, help="train on the first N images only")
-    p.add_argument("--log-every", type=int, default=defaults.log_every)
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    p.add_argument("--export-every", type=int, default=defaults.export_every)
+    p.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between log lines")
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="steps between checkpoints")
+    p.add_argument("--export-every", type=int, default=defaults.export_every, help="steps between exports of the EMA weights to --out")
     p.add_argument("--ablation", action="append", default=[], metavar="SPEC",
                    help="train with a part switched off throughout: skip:all=0, attn:all, skip:14=0, attn:SITE, time")
     p.add_argument("--init-from", help="start from a shipped pipeline folder")
@@ -393,10 +395,13 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--curve-every", type=float, metavar="EPOCHS",
                    help="every this many epochs, sample the EMA weights and record a learning-curve point in the card")
     p.add_argument("--curve-classifier", default=defaults.curve_classifier, help="the classifier that judges the curve")
-    p.add_argument("--block-out-channels", type=int, nargs="+", default=list(defaults.block_out_channels))
-    p.add_argument("--layers-per-block", type=int, default=defaults.layers_per_block)
-    p.add_argument("--attention-levels", type=int, nargs="*", default=list(defaults.attention_levels))
-    p.add_argument("--beta-schedule", default=defaults.beta_schedule, choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
+    p.add_argument("--block-out-channels", type=int, nargs="+", default=list(defaults.block_out_channels),
+                   help="channels of each level, finest first")
+    p.add_argument("--layers-per-block", type=int, default=defaults.layers_per_block, help="ResnetBlocks per encoder level")
+    p.add_argument("--attention-levels", type=int, nargs="*", default=list(defaults.attention_levels),
+                   help="levels (0 = finest) with self-attention; the bottleneck always has it")
+    p.add_argument("--beta-schedule", default=defaults.beta_schedule, choices=["linear", "scaled_linear", "squaredcos_cap_v2"],
+                   help="the DDPM noise schedule")
     args = p.parse_args(argv)
     if args.epochs <= 0 or args.batch_size < 1 or args.lr <= 0:
         p.error("--epochs, --batch-size and --lr must be positive")

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import ShowDefaults
 from .data import mnist
 from .train import parse_args as parse_train_args
 
@@ -74,7 +75,7 @@ def sized_epochs(seconds_left: float, images_per_second: float, images_per_epoch
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m playground.train_family", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=ShowDefaults)
     p.add_argument("--data-dir", help="folder with the MNIST gzip IDX files (default: MNIST from the Hugging Face Hub)")
     p.add_argument("--out-root", required=True, help="each member's pipeline folder goes to OUT_ROOT/<name>")
     size = p.add_mutually_exclusive_group(required=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "playground"
 
@@ -46,3 +50,29 @@ def test_the_library_has_no_import_circles():
     graph = imports_within_the_package()
     assert {"evaluate", "setup", "explore", "classifier"} <= set(graph)
     assert import_circles(graph) == set()
+
+
+CLIS = ["card", "classifier", "evaluate", "sample", "soup", "study", "sweep", "train", "train_family"]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_every_cli_says_what_each_option_does_and_its_default(cli, monkeypatch):
+    parsers = []
+
+    def keep_the_parser(self, *args, **kwargs):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", keep_the_parser)
+    main = importlib.import_module(f"playground.{cli}").main
+    with pytest.raises(SystemExit):
+        main([])
+    parser = parsers[0]
+    text = "".join(parser.format_help().split())  # argparse wraps lines anywhere, inside a default too
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"{cli} {action.option_strings or action.dest} says nothing of what it does"
+        if action.default not in (None, False) and action.option_strings and "default" not in action.help:
+            assert "".join(f"(default: {action.default})".split()) in text, f"{cli} {action.option_strings}"
+    assert "(default:None)" not in text
