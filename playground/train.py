@@ -349,12 +349,14 @@ def train(cfg: TrainConfig) -> Path:
                             {"step": step, "wall_seconds": wall_before + time.perf_counter() - started, "curve": curve})
         if stopping:
             accelerator.print(f"stopped after step {step} (--stop-after); continue with --resume", flush=True)
+            accelerator.end_training()
             return out  # as if killed right after the checkpoint: no export
         if accelerator.is_main_process and (step % cfg.export_every == 0 or step == last_step):
             export_pipeline(unwrapped, ema, scheduler, out, card())
     if accelerator.is_main_process and (total_steps == 0 or not (out / "unet").exists()):
         export_pipeline(unwrapped, ema, scheduler, out, card())
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # tears the process group down: a process that exits holding it can abort (SIGABRT)
     return out
 
 
