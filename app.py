@@ -967,7 +967,7 @@ def _options(model, t_from, t_to, lie_mode, lie_value, b_values, s_values, h_on,
 
 
 def _options_in(state):
-    """The options last set for B in this session (they may be set before the first Generate)."""
+    """The options last set for B in this visitor's session (they may be set before the first Generate)."""
     return state.get("options_b", NO_OPTIONS) if isinstance(state, dict) else NO_OPTIONS
 
 
