@@ -373,6 +373,7 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
     x0_coefficients = [(math.sqrt(1 - a), 1 / math.sqrt(a)) for a in alphas]
     features: dict[int, dict[str, torch.Tensor]] = {}
     capture = set(settings.capture_steps)
+    in_place = x.device == x0_all.device  # x̂0 written straight into the kept trajectory, no temporary
 
     if stop_after is not None and not 0 <= stop_after < steps:
         raise ValueError(f"stop_after must be a step index from 0 to {steps - 1}, got {stop_after!r}")
@@ -403,7 +404,10 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
             features[i] = {name: f[: settings.batch].clone() if guided else f for name, f in out.features.items()}
         noise_coefficient, scale = x0_coefficients[i]
         eps_all[i] = eps
-        x0_all[i] = (x - noise_coefficient * eps).mul_(scale)  # computed where the U-Net runs, kept on the CPU
+        if in_place:
+            torch.mul(x - noise_coefficient * eps, scale, out=x0_all[i])
+        else:  # the U-Net runs on a GPU: compute there, keep on the CPU
+            x0_all[i] = (x - noise_coefficient * eps).mul_(scale)
         x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
         if progress is not None:
             progress(i + 1 - first, end - first)
