@@ -148,9 +148,15 @@ def model_settings(config) -> dict:
 
 def export_pipeline(model: PlaygroundUNet, ema: EMAModel, scheduler: DDPMScheduler, out: Path, card: dict) -> None:
     """Write the EMA weights as a diffusers DDPMPipeline folder (what `weights/<name>/` holds)."""
+    write_pipeline_folder(out, ema_weights(model, ema).cpu(), scheduler, card)
+
+
+def ema_weights(model: PlaygroundUNet, ema: EMAModel) -> PlaygroundUNet:
+    """A model of `model`'s config holding the EMA weights, on the same device."""
     ema_model = PlaygroundUNet.from_config(model_settings(model.config))  # no `_name_or_path` of the --init-from folder
+    ema_model.to(model.conv_in.weight.device)
     ema.copy_to(ema_model.parameters())
-    write_pipeline_folder(out, ema_model, scheduler, card)
+    return ema_model
 
 
 def write_pipeline_folder(out: Path, unet: PlaygroundUNet, scheduler: DDPMScheduler, record: dict) -> Path:
@@ -190,9 +196,7 @@ class CurveJudge:
         from .evaluate import curve_point
         from .sampling import DiffusionModel
 
-        ema_model = PlaygroundUNet.from_config(model_settings(model.config)).to(model.conv_in.weight.device)
-        ema.copy_to(ema_model.parameters())
-        ema_model.eval().requires_grad_(False)
+        ema_model = ema_weights(model, ema).eval().requires_grad_(False)
         judged = curve_point(DiffusionModel("curve", ema_model, self.scheduler_config), self.classifier)
         return {"step": step, "epochs": round(step / steps_per_epoch, 3), **judged}
 
