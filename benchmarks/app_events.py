@@ -40,6 +40,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from explainer import checks, page  # noqa: E402
+from playground import registry, serving  # noqa: E402
+
 PREFETCHED = "ablation change, one switch away after a pause"
 MID_GUESS = "ablation change, one switch away mid-guess"
 TARGETS = {"generate A+B": 1.5, "scrub": 0.05, "feature view": 0.15, "ablation change": 1.0, "ablation change, seen before": 1.0,
@@ -116,7 +119,6 @@ def run_plan(demo, url, plan, peers=None, pause_before=()):
     seconds)] per request. peers: api_name -> peer(the request's arguments) -> seconds, run after that request (else
     None). pause_before: indices of requests sent only once the server is idle (its prefetching done); the pause is
     how long that took (else None)."""
-    import app
 
     peers = peers or {}
     child = subprocess.Popen([sys.executable, "-c", CLIENT, url, json.dumps(plan)], stdin=subprocess.PIPE,
@@ -137,7 +139,7 @@ def run_plan(demo, url, plan, peers=None, pause_before=()):
             pause = None
             if index + 1 in pause_before:
                 started = time.perf_counter()
-                if not app.NETWORK_THREAD.wait_until_idle(timeout=300):
+                if not serving.NETWORK_THREAD.wait_until_idle(timeout=300):
                     raise SystemExit("the server's prefetching did not finish within 300 s")
                 pause = time.perf_counter() - started
             child.stdin.write("\n")
@@ -156,28 +158,28 @@ def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def session_bytes(app, batch):
+def session_bytes(batch):
     """Bytes of the trajectories one session keeps in its gr.State after a Generate with B ablated."""
     from dataclasses import replace
 
     from playground import Ablation, SampleSettings
     from playground.sampling import digits_cycle, sample
 
-    model = app.ModelRegistry(ROOT / "weights").get("mnist")
+    model = registry.ModelRegistry(ROOT / "weights").get("mnist")
     settings = SampleSettings(steps=50, batch=batch, label=digits_cycle(batch), guidance=EVENT_GUIDANCE)
     a = sample(model, settings)
     b = sample(model, replace(settings, ablation=Ablation(skip_scale={28: 0.0})))
     return a.nbytes() + b.nbytes()
 
 
-def guided_step_ms(app, threads, repeats=30):
+def guided_step_ms(threads, repeats=30):
     """Median ms of one guided step of the flagship (a batch-2 forward), on the app's network thread.
 
     The targets are absolute seconds, and hosts differ (and drift) by 1.5-2x: this says which host a run had."""
     import torch
 
     def measure():
-        unet = app.ModelRegistry(ROOT / "weights").get("mnist").unet
+        unet = registry.ModelRegistry(ROOT / "weights").get("mnist").unet
         x, t, labels = torch.randn(2, 1, 28, 28), torch.tensor(500), torch.tensor([7, 10])
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -194,7 +196,7 @@ def guided_step_ms(app, threads, repeats=30):
             torch.set_num_threads(before)
         return statistics.median(times) * 1e3
 
-    return app.on_network_thread(measure)()
+    return serving.on_network_thread(measure)()
 
 
 def bare_networks(model, seed, ablation):
@@ -213,7 +215,7 @@ def bare_networks(model, seed, ablation):
     return x
 
 
-def bare_peers(app, model, ablation_seed):
+def bare_peers(model, ablation_seed):
     """{api_name: peer(the request's arguments) -> seconds}: the networks of each network event alone, on the
     threads the app gives them (generate: A intact and B side by side, a core each; an ablation change: B alone
     on the network thread, two cores). ablation_seed: the seed of the generate whose B the ablations rerun."""
@@ -223,21 +225,21 @@ def bare_peers(app, model, ablation_seed):
     from playground.sampling import sample
 
     settings = SampleSettings(sampler="ddim", steps=50, seed=0, batch=1, label=EVENT_DIGIT, guidance=EVENT_GUIDANCE)
-    same = app.on_network_thread(lambda: torch.allclose(sample(model, settings).final, bare_networks(model, 0, Ablation()), atol=1e-4))
+    same = serving.on_network_thread(lambda: torch.allclose(sample(model, settings).final, bare_networks(model, 0, Ablation()), atol=1e-4))
     assert same(), "the peer must compute what the app's sampler computes"
 
     def b_ablation(controls):  # the skip sliders (28, 14, 7 and two hidden), the attention sites off, time off
         return Ablation(skip_scale=dict(zip(model.unet.skip_resolutions, controls[:3])), attention_off=controls[5],
                         time_embedding_off=controls[6])
 
-    @app.on_network_thread
+    @serving.on_network_thread
     def generate(args):
         seed = args[4]
         started = time.perf_counter()
-        app.side_by_side(lambda: bare_networks(model, seed, Ablation()), lambda: bare_networks(model, seed, b_ablation(args[8:15])))
+        serving.side_by_side(lambda: bare_networks(model, seed, Ablation()), lambda: bare_networks(model, seed, b_ablation(args[8:15])))
         return time.perf_counter() - started
 
-    @app.on_network_thread
+    @serving.on_network_thread
     def ablate(args):
         started = time.perf_counter()
         bare_networks(model, ablation_seed, b_ablation(args[2:9]))
@@ -296,17 +298,16 @@ def main():
 
     cold = cold_start_seconds()
 
-    import app
 
     # no torch call on this thread (not even set_num_threads): the app keeps every network on its own thread
-    demo = app.build_demo(ROOT / "weights")
+    demo = page.build_demo(ROOT / "weights")
     # the memory rounds show the bound: with room for `sessions` states, each new round evicts the last one's
-    _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+    _, url, _ = page.serve(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                           state_session_capacity=args.sessions)
     try:
-        if not app.NETWORK_THREAD.wait_until_idle(timeout=300):  # the run a page opens on is guessed as the server starts
+        if not serving.NETWORK_THREAD.wait_until_idle(timeout=300):  # the run a page opens on is guessed as the server starts
             raise SystemExit("the server's prefetching did not finish within 300 s")
-        host = {threads: guided_step_ms(app, threads) for threads in (1, 2)}
+        host = {threads: guided_step_ms(threads) for threads in (1, 2)}
         events = {  # name -> [(api_name, arguments, seconds to wait before sending)]
             "generate A+B": [("/generate", generate_args(i, 1, NO_SKIP_AT_FIRST), 0) for i in range(args.repeats)],
             "scrub": [("/scrub", [i * 7 % 50], 0) for i in range(args.repeats * 4)],
@@ -324,9 +325,9 @@ def main():
         for change, switch in mid_guess_pairs(args.repeats):
             plan += [("ablation change", "/ablate", change, 0), (MID_GUESS, "/ablate", switch, args.mid_guess_delay)]
         # loaded on the network thread: loading on this one would give it an OpenMP team, and every network after it
-        # would run ~2x slower (app.NETWORK_THREAD): the ablation changes then measure 1.5-2.2 s
-        model = app.on_network_thread(lambda: app.ModelRegistry(ROOT / "weights").get("mnist"))()
-        peers = bare_peers(app, model, ablation_seed=args.repeats - 1)
+        # would run ~2x slower (serving.NETWORK_THREAD): the ablation changes then measure 1.5-2.2 s
+        model = serving.on_network_thread(lambda: registry.ModelRegistry(ROOT / "weights").get("mnist"))()
+        peers = bare_peers(model, ablation_seed=args.repeats - 1)
         timings = run_plan(demo, url, [(0, api_name, list(arguments), delay) for _, api_name, arguments, delay in plan],
                            peers, pause_before)
         results = {}
@@ -338,11 +339,11 @@ def main():
             if name == PREFETCHED:
                 pauses = pause
 
-        held_per_session = app.on_network_thread(session_bytes)(app, app.MAX_BATCH) / 2**20
+        held_per_session = serving.on_network_thread(session_bytes)(checks.MAX_BATCH) / 2**20
         rounds = []
         for round_number in range(3):
             sessions = range((round_number + 1) * 100, (round_number + 1) * 100 + args.sessions)
-            run_plan(demo, url, [(s, "/generate", list(generate_args(s, app.MAX_BATCH, NO_SKIP_AT_FIRST)), 0) for s in sessions])
+            run_plan(demo, url, [(s, "/generate", list(generate_args(s, checks.MAX_BATCH, NO_SKIP_AT_FIRST)), 0) for s in sessions])
             gc.collect()
             rounds.append(rss_mib())
     finally:
@@ -362,8 +363,8 @@ def main():
           f"which took it {statistics.median(pauses):.1f} s (median; {min(pauses):.1f}-{max(pauses):.1f} s) of idle time")
     print(f"{MID_GUESS}: each sent {args.mid_guess_delay} s after the change before it was answered (and its peer run), "
           "while the server was guessing it")
-    print(f"state held per session (A and B, batch {app.MAX_BATCH}, 50 steps): {held_per_session:.1f} MiB (target 50)")
-    print(f"server resident memory after each of three rounds of {args.sessions} new sessions at batch {app.MAX_BATCH} "
+    print(f"state held per session (A and B, batch {checks.MAX_BATCH}, 50 steps): {held_per_session:.1f} MiB (target 50)")
+    print(f"server resident memory after each of three rounds of {args.sessions} new sessions at batch {checks.MAX_BATCH} "
           f"(room for {args.sessions} states): " + ", ".join(f"{r:.0f} MiB" for r in rounds))
 
 

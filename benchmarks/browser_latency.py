@@ -136,23 +136,27 @@ def main():
     if chromium is None:
         raise SystemExit("needs Debian's chromium (apt-get install chromium)")
 
-    import app
+    from explainer import features
+    from explainer import page
+    from explainer import pictures
+    from explainer import runs
+    from playground import serving
     from playwright.sync_api import expect, sync_playwright
 
-    demo = app.build_demo(ROOT / "weights")
-    _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo = page.build_demo(ROOT / "weights")
+    _, url, _ = page.serve(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     results = {}
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=[
                 "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking"])
-            generate_clock = HandlerClock(demo, app.generate)
+            generate_clock = HandlerClock(demo, runs.generate)
             event = "a page opened, until its run has loaded: the first visitor, as the server starts"
             first_page, results[event] = page_opened(browser, url, generate_clock, event)
             first_page.close()
 
             def pause():
-                if not app.NETWORK_THREAD.wait_until_idle(timeout=300):
+                if not serving.NETWORK_THREAD.wait_until_idle(timeout=300):
                     raise SystemExit("the server's prefetching did not finish within 300 s")
 
             pause()
@@ -211,10 +215,10 @@ def main():
                 return lambda: sites.nth(i % sites.count()).click()  # off one by one, then on again: every state new
 
             events = {  # name: (handler, picture, input i, what comes before each input)
-                "scrub": (app.scrub, "img-A-x0", lambda i: scrub, None),
-                "feature view": (app.view_features, "feat-A-channels", open_block, None),
-                "ablation change": (app.rerun_b, "img-B-x0", ablate, None),
-                "switch after a pause": (app.rerun_b, "img-B-x0", switch_site, pause),
+                "scrub": (pictures.scrub, "img-A-x0", lambda i: scrub, None),
+                "feature view": (features.view_features, "feat-A-channels", open_block, None),
+                "ablation change": (runs.rerun_b, "img-B-x0", ablate, None),
+                "switch after a pause": (runs.rerun_b, "img-B-x0", switch_site, pause),
             }
             for name, (handler, picture, action, before) in events.items():
                 clock = HandlerClock(demo, handler)

@@ -184,12 +184,13 @@ def start_server(weights: Path, port: int, sessions: int, log_path: Path) -> sub
 
 def serve(weights: Path, port: int, sessions: int) -> None:
     """The server side (a subprocess): the app as main() launches it, on loopback only."""
-    import app
+    from explainer import page
+    from explainer import sessions
 
-    demo = app.build_demo(weights)
+    demo = page.build_demo(weights)
     # room for every session of the test at once: the eviction of older sessions is tested elsewhere
-    app.serve(demo, queue_size=max(64, 4 * sessions), server_name="127.0.0.1", server_port=port, quiet=True,
-              state_session_capacity=max(app.STATE_SESSIONS, 2 * sessions))
+    page.serve(demo, queue_size=max(64, 4 * sessions), server_name="127.0.0.1", server_port=port, quiet=True,
+              state_session_capacity=max(sessions.STATE_SESSIONS, 2 * sessions))
 
 
 def percentile(values: list[float], share: float) -> float:

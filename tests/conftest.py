@@ -28,11 +28,11 @@ from tiny_weights import make_tiny_weights
 
 @pytest.fixture(autouse=True)
 def no_idle_time_run_outlives_its_test():
-    """A server's idle-time runs (app.NETWORK_THREAD) must not reach into the next test's monkeypatches."""
+    """A server's idle-time runs (serving.NETWORK_THREAD) must not reach into the next test's monkeypatches."""
     yield
-    app = sys.modules.get("app")
-    if app is not None:
-        assert app.NETWORK_THREAD.wait_until_idle(timeout=120), "the network thread is still busy after the test"
+    serving = sys.modules.get("playground.serving")
+    if serving is not None:
+        assert serving.NETWORK_THREAD.wait_until_idle(timeout=120), "the network thread is still busy after the test"
 
 
 @pytest.fixture

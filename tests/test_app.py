@@ -16,7 +16,20 @@ import torch  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-import app  # noqa: E402
+from explainer import checks  # noqa: E402
+from explainer import delivery  # noqa: E402
+from explainer import features  # noqa: E402
+from explainer import numbers  # noqa: E402
+from explainer import options  # noqa: E402
+from explainer import page  # noqa: E402
+from explainer import pictures  # noqa: E402
+from explainer import runs  # noqa: E402
+from explainer import share  # noqa: E402
+from explainer import switches  # noqa: E402
+from explainer import when  # noqa: E402
+from playground import exports  # noqa: E402
+from playground import sampling  # noqa: E402
+from playground import serving  # noqa: E402
 import playground.sampling  # noqa: E402
 from playground import PlaygroundUNet  # noqa: E402
 from playground.network_thread import use_threads  # noqa: E402
@@ -50,10 +63,10 @@ def registry(tiny_weights):
     return ModelRegistry(tiny_weights)
 
 
-def run_generate(registry, model_b=app.SAME_AS_A, skips=(1, 1), attention_off=(), time_off=False, steps=8, batch=2, seed=0,
-                 state=None, digit=app.DIGIT_CHOICES[1]):
-    skip_values = list(skips) + [1] * (app.MAX_SKIP_SLIDERS - len(skips))
-    return app.generate(registry, "tiny", model_b, digit, 3, seed, "ddim", steps, batch,
+def run_generate(registry, model_b=checks.SAME_AS_A, skips=(1, 1), attention_off=(), time_off=False, steps=8, batch=2, seed=0,
+                 state=None, digit=checks.DIGIT_CHOICES[1]):
+    skip_values = list(skips) + [1] * (checks.MAX_SKIP_SLIDERS - len(skips))
+    return runs.generate(registry, "tiny", model_b, digit, 3, seed, "ddim", steps, batch,
                         *skip_values, list(attention_off), time_off, state, progress=NoProgress())
 
 
@@ -65,7 +78,7 @@ def test_generate_keeps_both_trajectories_in_the_session_state(registry):
 def test_intact_b_equals_a_and_the_drift_plot_says_why_it_is_flat(registry):
     state, *_ = run_generate(registry)
     assert (state["a"].final == state["b"].final).all()
-    drift, _ = app.render_numbers(registry, state)
+    drift, _ = numbers.render_numbers(registry, state)
     assert drift.axes[0].get_title() == "B is A here: switch a part of B off to see it drift"
 
 
@@ -74,7 +87,7 @@ def test_an_ablation_changes_b_but_not_a(registry):
     ablated, *_ = run_generate(registry, skips=(0, 1))
     assert (intact["a"].final == ablated["a"].final).all()
     assert not (intact["b"].final == ablated["b"].final).all()
-    drift, _ = app.render_numbers(registry, ablated)
+    drift, _ = numbers.render_numbers(registry, ablated)
     assert drift.axes[0].get_title() == "How far B drifts from A during sampling"
 
 
@@ -107,10 +120,10 @@ def test_a_run_seen_before_is_answered_from_the_kept_trajectories_for_any_visito
     again, *_ = run_generate(registry, skips=(0, 1), seed=5)  # another visitor: no state of its own yet
     assert again["a"] is first["a"] and again["b"] is first["b"]
     # the ablation switched on (B is A, nothing to run) and off again: the B seen before, not a rerun
-    intact = app.rerun_b(registry, "tiny", app.SAME_AS_A, *[1] * app.MAX_SKIP_SLIDERS, [], False, again, 8, progress=NoProgress())[0]
+    intact = runs.rerun_b(registry, "tiny", checks.SAME_AS_A, *[1] * checks.MAX_SKIP_SLIDERS, [], False, again, 8, progress=NoProgress())[0]
     assert intact["b"] is intact["a"]
-    skip_values = [0] + [1] * (app.MAX_SKIP_SLIDERS - 1)
-    off_again = app.rerun_b(registry, "tiny", app.SAME_AS_A, *skip_values, [], False, intact, 8, progress=NoProgress())[0]
+    skip_values = [0] + [1] * (checks.MAX_SKIP_SLIDERS - 1)
+    off_again = runs.rerun_b(registry, "tiny", checks.SAME_AS_A, *skip_values, [], False, intact, 8, progress=NoProgress())[0]
     assert off_again["b"] is first["b"]
     with pytest.raises(AssertionError, match="the model ran"):  # a new seed is computed
         run_generate(registry, skips=(0, 1), seed=6)
@@ -129,16 +142,16 @@ def forbidden_forward(*args, **kwargs):
     raise AssertionError("the model ran")
 
 
-def rerun(registry, state, skips=(1, 1), attention_off=(), time_off=False, model_b=app.SAME_AS_A):
-    skip_values = list(skips) + [1] * (app.MAX_SKIP_SLIDERS - len(skips))
-    return app.rerun_b(registry, "tiny", model_b, *skip_values, list(attention_off), time_off, state, 8,
+def rerun(registry, state, skips=(1, 1), attention_off=(), time_off=False, model_b=checks.SAME_AS_A):
+    skip_values = list(skips) + [1] * (checks.MAX_SKIP_SLIDERS - len(skips))
+    return runs.rerun_b(registry, "tiny", model_b, *skip_values, list(attention_off), time_off, state, 8,
                        progress=NoProgress())[0]
 
 
 def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_switch(tiny_weights, monkeypatch):
     registry = ModelRegistry(tiny_weights, prefetch=True)
     state, *_ = run_generate(registry, skips=(0, 1), seed=11)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)
     # A and B, then every neighbour of B but the one that is A (28×28 back on): the other model picked as B,
     # 14×14 off, four sites, time
     assert len(registry.trajectories) == 2 + 1 + 4 + 1 + 1
@@ -165,14 +178,14 @@ def test_the_runs_one_switch_away_are_computed_while_idle_and_answer_the_next_sw
 def test_b_s_skips_that_training_cut_are_locked_and_not_guessed(tiny_weights):
     """On a model trained without skips a skip slider would move nothing: it is locked, and no idle time goes on it."""
     registry = ModelRegistry(tiny_weights, prefetch=True)
-    *sliders, sites, time_off, note = app.ablation_panel(registry, "tiny", "tiny-noskip")
+    *sliders, sites, time_off, note = switches.ablation_panel(registry, "tiny", "tiny-noskip")
     assert [(s.label, s.interactive) for s in sliders[:2]] == [
         ("skips joining at 28×28 (trained without)", False), ("skips joining at 14×14 (trained without)", False)]
     assert "*trained* with skips" in note and sites.visible and time_off.interactive
-    *sliders, _, _, note = app.ablation_panel(registry, "tiny", app.SAME_AS_A)
+    *sliders, _, _, note = switches.ablation_panel(registry, "tiny", checks.SAME_AS_A)
     assert [(s.label, s.interactive) for s in sliders[:2]] == [("skips joining at 28×28", True), ("skips joining at 14×14", True)]
     run_generate(registry, model_b="tiny-noskip", seed=41)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)
     # A and B, then B one switch away: four sites and time, no skip (and tiny picked as B, intact, is A)
     assert len(registry.trajectories) == 2 + 4 + 1
 
@@ -180,29 +193,29 @@ def test_b_s_skips_that_training_cut_are_locked_and_not_guessed(tiny_weights):
 def test_attention_trained_off_is_not_offered_and_with_none_left_the_group_hides():
     sites = PlaygroundUNet(**TINY_UNET).attention_sites
     partly = PlaygroundUNet(**TINY_UNET, training_ablation={"attention_off": [sites[0]]})
-    *_, group, _ = app._ablation_controls(partly, attention_off=[sites[0], sites[1]])  # a setup may name either
+    *_, group, _ = switches.ablation_controls(partly, attention_off=[sites[0], sites[1]])  # a setup may name either
     assert [choice[1] for choice in group.choices] == list(sites[1:]) and group.value == [sites[1]] and group.visible
     without = PlaygroundUNet(**TINY_UNET, training_ablation={"attention_off": list(sites), "time_embedding_off": True})
-    *_, group, time_off = app._ablation_controls(without)
+    *_, group, time_off = switches.ablation_controls(without)
     assert group.choices == [] and not group.visible and not time_off.interactive
 
 
 def test_the_run_a_page_opens_on_is_guessed_as_the_server_starts(tiny_weights, monkeypatch):
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
-    guessed_before = app.NETWORK_THREAD.prefetched
-    demo = app.build_demo(tiny_weights)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
-    assert app.NETWORK_THREAD.prefetched - guessed_before == 1  # A alone: the page's B is A
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)
+    guessed_before = serving.NETWORK_THREAD.prefetched
+    demo = page.build_demo(tiny_weights)
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)
+    assert serving.NETWORK_THREAD.prefetched - guessed_before == 1  # A alone: the page's B is A
     # a Generate with what the controls hold when the page opens (as its own Generate sends them) runs no network
-    generate = next(fn for fn in demo.fns.values() if getattr(inspect.unwrap(fn.fn), "func", None) is app.generate)
+    generate = next(fn for fn in demo.fns.values() if getattr(inspect.unwrap(fn.fn), "func", None) is runs.generate)
     registry = inspect.unwrap(generate.fn).args[0]
     monkeypatch.setattr(registry.get(demo_default_model(demo)).unet, "forward", forbidden_forward)
-    state, *_ = app.generate(registry, *(component.value for component in generate.inputs[:-1]), None, progress=NoProgress())
+    state, *_ = runs.generate(registry, *(component.value for component in generate.inputs[:-1]), None, progress=NoProgress())
     assert state["b"] is state["a"] and len(state["a"]) == 50
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)  # that Generate's own guesses (B one switch away)
-    guessed_before = app.NETWORK_THREAD.prefetched
-    app.build_demo(tiny_weights, prefetch=False)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120) and app.NETWORK_THREAD.prefetched == guessed_before
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)  # that Generate's own guesses (B one switch away)
+    guessed_before = serving.NETWORK_THREAD.prefetched
+    page.build_demo(tiny_weights, prefetch=False)
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120) and serving.NETWORK_THREAD.prefetched == guessed_before
 
 
 def demo_default_model(demo):
@@ -211,55 +224,55 @@ def demo_default_model(demo):
 
 def test_an_ablation_set_before_the_first_generate_is_guessed_with_it(tiny_weights, monkeypatch):
     registry = ModelRegistry(tiny_weights, prefetch=True)
-    controls = ["tiny", app.SAME_AS_A, app.DIGIT_CHOICES[1], 3, 23, "ddim", 8, 2, 0, *[1] * (app.MAX_SKIP_SLIDERS - 1), [], False]
-    app.guess_first_generate(registry, *controls, None)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    controls = ["tiny", checks.SAME_AS_A, checks.DIGIT_CHOICES[1], 3, 23, "ddim", 8, 2, 0, *[1] * (checks.MAX_SKIP_SLIDERS - 1), [], False]
+    runs.guess_first_generate(registry, *controls, None)
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)
     monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
-    state, *_ = app.generate(registry, *controls, None, progress=NoProgress())  # the click: no network
+    state, *_ = runs.generate(registry, *controls, None, progress=NoProgress())  # the click: no network
     assert not state["b"].settings.ablation.is_intact
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)  # that Generate's own guesses (B one switch away)
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)  # that Generate's own guesses (B one switch away)
     kept = len(registry.trajectories)
-    app.guess_first_generate(registry, *controls[:8], *[1] * app.MAX_SKIP_SLIDERS, [], False, state)  # after a run: B reran
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120) and len(registry.trajectories) == kept
+    runs.guess_first_generate(registry, *controls[:8], *[1] * checks.MAX_SKIP_SLIDERS, [], False, state)  # after a run: B reran
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120) and len(registry.trajectories) == kept
 
 
 def test_another_seed_picked_after_a_run_is_guessed_for_the_next_generate(tiny_weights, monkeypatch):
     registry = ModelRegistry(tiny_weights, prefetch=True)
     state, *_ = run_generate(registry, skips=(0, 1), seed=31)
-    controls = ["tiny", app.SAME_AS_A, app.DIGIT_CHOICES[1], 3, 32, "ddim", 8, 2, 0, *[1] * (app.MAX_SKIP_SLIDERS - 1), [], False]
-    app.guess_generate(registry, *controls, state)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    controls = ["tiny", checks.SAME_AS_A, checks.DIGIT_CHOICES[1], 3, 32, "ddim", 8, 2, 0, *[1] * (checks.MAX_SKIP_SLIDERS - 1), [], False]
+    runs.guess_generate(registry, *controls, state)
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)
     monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden_forward)
-    again, *_ = app.generate(registry, *controls, state, progress=NoProgress())  # the click: no network
+    again, *_ = runs.generate(registry, *controls, state, progress=NoProgress())  # the click: no network
     assert again["a"].settings.seed == 32 and not again["b"].settings.ablation.is_intact
 
 
 def test_no_run_is_guessed_without_prefetch_nor_beyond_the_page_defaults_nor_for_an_h_space_edit(tiny_weights):
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
-    computed_before = app.NETWORK_THREAD.prefetched
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)
+    computed_before = serving.NETWORK_THREAD.prefetched
     quiet = ModelRegistry(tiny_weights)  # a library caller's registry
     run_generate(quiet, skips=(0, 1))
     large = ModelRegistry(tiny_weights, prefetch=True)
-    steps = app.PREFETCH_MAX_STEPS_X_BATCH // 2 + 1
+    steps = serving.PREFETCH_MAX_STEPS_X_BATCH // 2 + 1
     run_generate(large, skips=(0, 1), steps=steps, batch=2)
     edited = ModelRegistry(tiny_weights, prefetch=True)
     state, *_ = run_generate(edited, steps=4)
     set_options(edited, state, h_on=True, component=1, strength=5.0)
-    assert app.NETWORK_THREAD.wait_until_idle(timeout=120)
+    assert serving.NETWORK_THREAD.wait_until_idle(timeout=120)
     assert len(quiet.trajectories) == len(large.trajectories) == 2
     assert len(edited.trajectories) == 1 + 2 + 4 + 1 + 1  # the intact run's neighbours (the other model as B among them) ...
-    assert app.NETWORK_THREAD.prefetched - computed_before == 2 + 4 + 1 + 1  # ... and none of the edit's (never kept)
+    assert serving.NETWORK_THREAD.prefetched - computed_before == 2 + 4 + 1 + 1  # ... and none of the edit's (never kept)
 
 
 def test_side_by_side_passes_b_s_error_on_and_restores_the_thread_count():
     before = torch.get_num_threads()
-    assert app.side_by_side(lambda: "a", lambda: torch.get_num_threads()) == ("a", 1)
+    assert serving.side_by_side(lambda: "a", lambda: torch.get_num_threads()) == ("a", 1)
 
     def b_fails():
         raise FloatingPointError("B diverged")
 
     with pytest.raises(FloatingPointError, match="B diverged"):
-        app.side_by_side(lambda: "a", b_fails)
+        serving.side_by_side(lambda: "a", b_fails)
     assert torch.get_num_threads() == before
 
 
@@ -267,14 +280,14 @@ def test_networks_run_on_one_thread_whoever_asks_with_the_askers_context():
     asker = contextvars.ContextVar("asker")
 
     def where():
-        inner = app.on_network_thread(lambda: threading.current_thread().name)()  # nested: must not deadlock
+        inner = serving.on_network_thread(lambda: threading.current_thread().name)()  # nested: must not deadlock
         return threading.current_thread().name, inner, asker.get()
 
     answers = []
 
     def ask(name):
         asker.set(name)
-        answers.append(app.on_network_thread(where)())
+        answers.append(serving.on_network_thread(where)())
 
     askers = [threading.Thread(target=ask, args=(f"visitor {i}",)) for i in range(3)]
     for thread in askers:
@@ -291,21 +304,21 @@ def test_scrub_renders_every_step_without_calling_the_model(registry, monkeypatc
         raise AssertionError("the model was called while scrubbing")
     monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden)
     for step in range(0, len(state["a"]) + 1):
-        *pictures, caption = app.scrub(state, step)
-        assert len(pictures) == 9 and all(p.size[0] > 0 for p in pictures)
+        *shown, caption = pictures.scrub(state, step)
+        assert len(shown) == 9 and all(p.size[0] > 0 for p in shown)
         assert ("finished sample" in caption) == (step == len(state["a"]))
         assert "Each grid holds the 2 samples" in caption
 
 
 def test_the_step_caption_counts_one_sample_in_the_singular(registry):
     state, *_ = run_generate(registry, steps=2, batch=1)
-    *_, caption = app.scrub(state, 1)
+    *_, caption = pictures.scrub(state, 1)
     assert "Each grid holds the one sample, (B, 1, 28, 28)" in caption
 
 
 def test_rerun_b_keeps_a_and_applies_the_new_ablation(registry):
     state, *_ = run_generate(registry)
-    new_state, *_ = app.rerun_b(registry, "tiny", app.SAME_AS_A, 1, 1, 1, 1, 1, [SITE], False, state, 3, progress=NoProgress())
+    new_state, *_ = runs.rerun_b(registry, "tiny", checks.SAME_AS_A, 1, 1, 1, 1, 1, [SITE], False, state, 3, progress=NoProgress())
     assert new_state["a"] is state["a"]
     assert new_state["ablation_b"].attention_off == {SITE}
     assert not (new_state["b"].final == state["b"].final).all()
@@ -319,46 +332,46 @@ def test_b_can_be_a_model_trained_without_skips(registry):
 
 def test_picking_another_model_for_b_reruns_b_alone_from_a_s_noise(registry):
     """As every other B control does: it used to leave the old B on show, and the next B control then refused."""
-    intact = [1] * app.MAX_SKIP_SLIDERS  # the panel a newly picked model brings
+    intact = [1] * checks.MAX_SKIP_SLIDERS  # the panel a newly picked model brings
     state, *_ = run_generate(registry)
-    switched, *_, numbers = app.rerun_b(registry, "tiny", "tiny-noskip", *intact, [], False, state, 8, progress=NoProgress())
+    switched, *_, numbers = runs.rerun_b(registry, "tiny", "tiny-noskip", *intact, [], False, state, 8, progress=NoProgress())
     assert switched["a"] is state["a"] and switched["model_b"] == "tiny-noskip"
     generated, *_ = run_generate(registry, model_b="tiny-noskip")
     assert torch.equal(switched["b"].final, generated["b"].final)  # what Generate would show for that B
     assert "**B** = `tiny-noskip`" in numbers
-    back, *_ = app.rerun_b(registry, "tiny", app.SAME_AS_A, *intact, [], False, switched, 8, progress=NoProgress())
+    back, *_ = runs.rerun_b(registry, "tiny", checks.SAME_AS_A, *intact, [], False, switched, 8, progress=NoProgress())
     assert back["model_b"] == "tiny" and torch.equal(back["b"].final, state["a"].final)
 
 
 def test_b_is_not_rerun_against_a_run_of_another_model_a(registry):
     state, *_ = run_generate(registry)
-    intact = [1] * app.MAX_SKIP_SLIDERS
+    intact = [1] * checks.MAX_SKIP_SLIDERS
     with pytest.raises(gr.Error, match="model A is now 'tiny-noskip', but the run shown is 'tiny''s: press Generate"):
-        app.user_errors(app.rerun_b)(registry, "tiny-noskip", app.SAME_AS_A, *intact, [], False, state, 8,
+        checks.user_errors(runs.rerun_b)(registry, "tiny-noskip", checks.SAME_AS_A, *intact, [], False, state, 8,
                                      progress=NoProgress())
     # an option change keeps B's kept ablation, which belongs to B's kept model
     with pytest.raises(gr.Error, match="network B is now 'tiny-noskip', but the run shown is 'tiny''s"):
-        app.user_errors(app.set_b_options)(registry, "tiny", "tiny-noskip", *option_values(), state, 2,
+        checks.user_errors(runs.set_b_options)(registry, "tiny", "tiny-noskip", *option_values(), state, 2,
                                            progress=NoProgress())
 
 
 def test_a_model_picked_for_b_reruns_b_and_one_for_a_is_guessed_once_the_panel_fits_it(tiny_weights):
-    demo = app.build_demo(tiny_weights, prefetch=False)
+    demo = page.build_demo(tiny_weights, prefetch=False)
     by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
 
     def chained_after_the_panel(selector):
         panel = [fn for fn in demo.fns.values() if (selector._id, "input") in fn.targets
-                 and inspect.unwrap(fn.fn).func is app.ablation_panel]
+                 and inspect.unwrap(fn.fn).func is switches.ablation_panel]
         assert len(panel) == 1
         return [inspect.unwrap(fn.fn).func for fn in demo.fns.values() if fn.trigger_after == panel[0]._id]
 
-    assert chained_after_the_panel(by_id["model-b"]) == [app.rerun_b]
-    assert chained_after_the_panel(by_id["model-a"]) == [app.guess_generate]
+    assert chained_after_the_panel(by_id["model-b"]) == [runs.rerun_b]
+    assert chained_after_the_panel(by_id["model-a"]) == [runs.guess_generate]
 
 
 def test_feature_view_shows_three_views_for_a_and_b_with_a_caption(registry):
     state, *_ = run_generate(registry)
-    *images, legend, caption = app.view_features(registry, state, 2, "mid_block.attentions.0", 1, "channel")
+    *images, legend, caption = features.view_features(registry, state, 2, "mid_block.attentions.0", 1, "channel")
     assert len(images) == 6 and legend.size[0] > 0
     assert "mid_block.attentions.0" in caption and "shape (16, 14, 14)" in caption
 
@@ -368,7 +381,7 @@ def test_a_switched_off_attention_site_still_has_maps_to_compare(registry):
     site = "mid_block.attentions.0"
     state, *_ = run_generate(registry, attention_off=[site])
     for block in (site, f"{site}.update"):
-        *images, legend, caption = app.view_features(registry, state, 2, block, 0, "block")
+        *images, legend, caption = features.view_features(registry, state, 2, block, 0, "block")
         assert caption.count(f"`{block}`") == 2  # A and B
     assert "values in [0, 0]" in caption.split("**B**")[1]  # B's update: the site adds nothing
 
@@ -377,30 +390,30 @@ def test_the_open_blocks_maps_follow_every_run_and_clear_without_one(registry):
     """Found by hand: after an ablation change, B's panels kept showing the B of the run before."""
     block, step = "mid_block.attentions.0", 4
     state, *_ = run_generate(registry)
-    *before, _, caption_before = app.features_after_run(registry, state, step, block, 0, "block")
-    state, *_ = app.rerun_b(registry, "tiny", app.SAME_AS_A, 0, 0, 1, 1, 1, [], False, state, step, progress=NoProgress())
-    *after, _, caption_after = app.features_after_run(registry, state, step, block, 0, "block")
+    *before, _, caption_before = features.features_after_run(registry, state, step, block, 0, "block")
+    state, *_ = runs.rerun_b(registry, "tiny", checks.SAME_AS_A, 0, 0, 1, 1, 1, [], False, state, step, progress=NoProgress())
+    *after, _, caption_after = features.features_after_run(registry, state, step, block, 0, "block")
     pixels = [[np.asarray(image) for image in images] for images in (before, after)]
     assert all((old == new).all() for old, new in zip(pixels[0][:3], pixels[1][:3]))  # A is the same run
     assert not all((old == new).all() for old, new in zip(pixels[0][3:], pixels[1][3:]))  # B is the new one
     assert caption_before.split("**B**")[0] == caption_after.split("**B**")[0]
-    *cleared, caption = app.features_after_run(registry, state, step, None, 0, "block")
+    *cleared, caption = features.features_after_run(registry, state, step, None, 0, "block")
     assert cleared == [None] * 7 and "Pick a block" in caption
     # B set up before the page's own run ended follows no run: nothing to draw, and no "no run yet" error
-    assert all(output == gr.skip() for output in app.features_after_run(registry, None, 0, block, 0, "block"))
-    assert len(app.features_after_run(registry, state, step, block, 0, "block")) == app.FEATURE_OUTPUTS
+    assert all(output == gr.skip() for output in features.features_after_run(registry, None, 0, block, 0, "block"))
+    assert len(features.features_after_run(registry, state, step, block, 0, "block")) == features.FEATURE_OUTPUTS
 
 
 def test_maps_that_hold_nan_show_as_a_sentence_not_as_pictures(registry, monkeypatch):
     state, *_ = run_generate(registry, skips=(0, 1))
-    real_features_at = app.features_at
+    real_features_at = features.features_at
 
     def b_overflows(model, trajectory, *args):
         features = real_features_at(model, trajectory, *args)
         return {name: f * float("nan") for name, f in features.items()} if trajectory is state["b"] else features
 
-    monkeypatch.setattr(app, "features_at", b_overflows)
-    *images, legend, caption = app.view_features(registry, state, 2, "mid_block.attentions.0", 0, "block")
+    monkeypatch.setattr(features, "features_at", b_overflows)
+    *images, legend, caption = features.view_features(registry, state, 2, "mid_block.attentions.0", 0, "block")
     assert all(image.size[0] > 0 for image in images[:3]) and images[3:] == [None] * 3
     assert "**B** · no maps to show: its feature maps at this step hold NaN" in caption
 
@@ -408,26 +421,26 @@ def test_maps_that_hold_nan_show_as_a_sentence_not_as_pictures(registry, monkeyp
 def test_an_intact_b_shows_a_s_maps_without_a_second_forward(registry, monkeypatch):
     state, *_ = run_generate(registry)
     calls = []
-    real_features_at = app.features_at
-    monkeypatch.setattr(app, "features_at", lambda *args: calls.append(args[1]) or real_features_at(*args))
-    *images, legend, caption = app.view_features(registry, state, 2, "mid_block.attentions.0", 0, "block")
+    real_features_at = features.features_at
+    monkeypatch.setattr(features, "features_at", lambda *args: calls.append(args[1]) or real_features_at(*args))
+    *images, legend, caption = features.view_features(registry, state, 2, "mid_block.attentions.0", 0, "block")
     assert calls == [state["a"]]
     assert [np.asarray(image).tolist() for image in images[:3]] == [np.asarray(image).tolist() for image in images[3:]]
 
 
 def test_a_nan_in_another_block_matters_only_to_the_global_colour_range(registry, monkeypatch):
     state, *_ = run_generate(registry, skips=(0, 1))
-    real_features_at = app.features_at
+    real_features_at = features.features_at
     shown, elsewhere = "mid_block.attentions.0", "mid_block.resnets.0"
 
     def b_overflows_elsewhere(model, trajectory, *args):
         features = real_features_at(model, trajectory, *args)
         return {name: f * float("nan") if name == elsewhere and trajectory is state["b"] else f for name, f in features.items()}
 
-    monkeypatch.setattr(app, "features_at", b_overflows_elsewhere)
-    *images, legend, caption = app.view_features(registry, state, 2, shown, 0, "block")
+    monkeypatch.setattr(features, "features_at", b_overflows_elsewhere)
+    *images, legend, caption = features.view_features(registry, state, 2, shown, 0, "block")
     assert all(image is not None for image in images) and "no maps to show" not in caption
-    *images, legend, caption = app.view_features(registry, state, 2, shown, 0, "global")
+    *images, legend, caption = features.view_features(registry, state, 2, shown, 0, "global")
     assert images[:3] != [None] * 3 and images[3:] == [None] * 3
     assert "**B** · no maps to show: its feature maps at this step hold NaN" in caption
 
@@ -442,18 +455,18 @@ def deeper_registry(tiny_weights, tmp_path_factory):
 
 
 def test_a_block_that_b_lacks_shows_as_a_only_and_says_why(deeper_registry):
-    state, *_ = app.generate(deeper_registry, "tiny-deeper", "tiny", app.DIGIT_CHOICES[1], 3, 0, "ddim", 4, 1,
-                             *[1] * app.MAX_SKIP_SLIDERS, [], False, None, progress=NoProgress())
+    state, *_ = runs.generate(deeper_registry, "tiny-deeper", "tiny", checks.DIGIT_CHOICES[1], 3, 0, "ddim", 4, 1,
+                             *[1] * checks.MAX_SKIP_SLIDERS, [], False, None, progress=NoProgress())
     block = "down_blocks.0.resnets.1"
     assert block in deeper_registry.get("tiny-deeper").unet.feature_names
     assert block not in deeper_registry.get("tiny").unet.feature_names
-    *images, legend, caption = app.view_features(deeper_registry, state, 2, block, 0, "block")
+    *images, legend, caption = features.view_features(deeper_registry, state, 2, block, 0, "block")
     assert all(image.size[0] > 0 for image in images[:3]) and images[3:] == [None] * 3
     assert f"`{block}`" in caption.split("**B**")[0] and f"`tiny` has no block `{block}`" in caption
 
 
 def test_block_choices_cover_every_captured_map_with_group_and_resolution(registry):
-    choices = app.block_choices(registry, "tiny")
+    choices = features.block_choices(registry, "tiny")
     names = [value for _, value in choices]
     assert names == list(registry.get("tiny").unet.feature_names)
     assert any(label.startswith("skip · 28×28") for label, _ in choices)
@@ -461,7 +474,7 @@ def test_block_choices_cover_every_captured_map_with_group_and_resolution(regist
 
 def test_numbers_give_two_labelled_figures(registry):
     state, *_ = run_generate(registry)
-    eps_figure, spectrum_figure = app.compute_numbers(registry, state, 1, progress=NoProgress())
+    eps_figure, spectrum_figure = numbers.compute_numbers(registry, state, 1, progress=NoProgress())
     assert eps_figure.axes[0].get_xlabel().startswith("timestep") and len(eps_figure.axes[0].lines) == 2
     assert spectrum_figure.axes[0].get_ylabel() == "share of power"
 
@@ -470,12 +483,12 @@ def test_the_numbers_warn_when_a_run_has_left_the_data_range_and_only_then(regis
     import dataclasses
 
     state, *_ = run_generate(registry)
-    _, table = app.render_numbers(registry, state)
+    _, table = numbers.render_numbers(registry, state)
     assert "far outside the data range" not in table  # an ordinary run: no warning
     x_t = state["b"].x_t.clone()
     x_t[-1, 0, 0, 0, 0] = -530.0  # one pixel of one final image, as a diverged ablation leaves them
     diverged = dict(state, b=dataclasses.replace(state["b"], x_t=x_t))
-    _, table = app.render_numbers(registry, diverged)
+    _, table = numbers.render_numbers(registry, diverged)
     assert "**B's final images reach |x| = 530**" in table and "A's final images" not in table
     assert "| B |" in table  # the classifier's row is still shown, with the warning beside it
 
@@ -483,7 +496,7 @@ def test_the_numbers_warn_when_a_run_has_left_the_data_range_and_only_then(regis
 def test_the_spectra_show_a_and_b_in_panels_of_their_own_and_a_skip_switched_off_has_no_power(registry):
     top = registry.get("tiny").unet.skip_resolutions[0]
     state, *_ = run_generate(registry, skips=(0, 1))
-    _, spectrum_figure = app.compute_numbers(registry, state, 1, progress=NoProgress())
+    _, spectrum_figure = numbers.compute_numbers(registry, state, 1, progress=NoProgress())
     panel_a, panel_b = spectrum_figure.axes
     assert panel_a.get_title() == "A: tiny, intact" and panel_b.get_title().startswith(f"B: tiny, skips at {top}×{top} × 0")
 
@@ -498,7 +511,7 @@ def test_the_spectra_show_a_and_b_in_panels_of_their_own_and_a_skip_switched_off
 
 def test_gif_export_writes_a_gif_of_every_step(registry):
     state, *_ = run_generate(registry)
-    path = app.export_gif(state, "x̂0 (predicted clean image)")
+    path = share.export_gif(state, "x̂0 (predicted clean image)")
     with open(path, "rb") as f:
         assert f.read(6) in (b"GIF87a", b"GIF89a")
 
@@ -509,37 +522,37 @@ def test_gif_export_writes_a_gif_of_every_step(registry):
 def test_bad_generate_inputs_raise_a_plain_gr_error(registry, bad):
     args = dict(steps=4, batch=1, seed=0) | bad
     with pytest.raises(gr.Error):
-        app.user_errors(run_generate)(registry, **args)
+        checks.user_errors(run_generate)(registry, **args)
 
 
 @pytest.mark.parametrize("handler, args", [
-    (app.scrub, (None, 3)),
-    (app.export_gif, (None, "x̂0 (predicted clean image)")),
+    (pictures.scrub, (None, 3)),
+    (share.export_gif, (None, "x̂0 (predicted clean image)")),
 ])
 def test_views_before_any_run_say_there_is_none_yet(handler, args):
     with pytest.raises(gr.Error, match="No run yet"):
-        app.user_errors(handler)(*args)
+        checks.user_errors(handler)(*args)
 
 
 def test_before_the_first_run_an_ablation_change_waits_for_it_without_an_error(registry):
     """A visitor may set B up while the page's own run is on its way: each control they set must not raise a
     "no run yet" toast (and an error badge on every picture), as it did."""
-    skips_28_off = [0] + [1] * (app.MAX_SKIP_SLIDERS - 1)
-    outputs = app.user_errors(app.rerun_b)(registry, "tiny", app.SAME_AS_A, *skips_28_off, [SITE], False, None, 50,
+    skips_28_off = [0] + [1] * (checks.MAX_SKIP_SLIDERS - 1)
+    outputs = checks.user_errors(runs.rerun_b)(registry, "tiny", checks.SAME_AS_A, *skips_28_off, [SITE], False, None, 50,
                                            progress=NoProgress())
-    assert len(outputs) == 1 + app.STEP_OUTPUTS + app.NUMBER_OUTPUTS
+    assert len(outputs) == 1 + runs.STEP_OUTPUTS + runs.NUMBER_OUTPUTS
     assert all(isinstance(output, type(gr.skip())) for output in outputs)
     with pytest.raises(gr.Error, match="skip"):  # a bad value is still refused at once
-        app.user_errors(app.rerun_b)(registry, "tiny", app.SAME_AS_A, 7, *skips_28_off[1:], [], False, None, 50,
+        checks.user_errors(runs.rerun_b)(registry, "tiny", checks.SAME_AS_A, 7, *skips_28_off[1:], [], False, None, 50,
                                      progress=NoProgress())
 
 
 def test_unknown_model_and_site_are_refused_by_name(registry):
     with pytest.raises(gr.Error, match="unknown model"):
-        app.user_errors(app.generate)(registry, "../../etc", app.SAME_AS_A, app.DIGIT_CHOICES[0], 3, 0, "ddim", 4, 1,
+        checks.user_errors(runs.generate)(registry, "../../etc", checks.SAME_AS_A, checks.DIGIT_CHOICES[0], 3, 0, "ddim", 4, 1,
                                       1, 1, 1, 1, 1, [], False, None, progress=NoProgress())
     with pytest.raises(gr.Error, match="valid attention sites"):
-        app.user_errors(run_generate)(registry, attention_off=["no.such.site"])
+        checks.user_errors(run_generate)(registry, attention_off=["no.such.site"])
 
 
 def test_a_broken_model_is_reported_and_the_others_still_load(tmp_path, tiny_weights):
@@ -549,7 +562,7 @@ def test_a_broken_model_is_reported_and_the_others_still_load(tmp_path, tiny_wei
     registry = ModelRegistry(tmp_path / "w")
     errors = registry.load_all()
     assert list(errors) == ["tiny-noskip"] and registry.available == ["tiny"]
-    assert "could not be loaded" in app.describe_models(registry)
+    assert "could not be loaded" in switches.describe_models(registry)
 
 
 # ---- the real server, through gradio_client
@@ -557,24 +570,24 @@ def test_a_broken_model_is_reported_and_the_others_still_load(tmp_path, tiny_wei
 
 @pytest.fixture(scope="module")
 def served(tiny_weights):
-    demo = app.build_demo(tiny_weights)
-    _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    demo = page.build_demo(tiny_weights)
+    _, url, _ = page.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     yield url
     demo.close()
 
 
 def test_the_served_queue_looks_for_events_every_few_milliseconds(tiny_weights):
-    """Gradio's queue looks every 1 ms, which took 11-13 % from generate and the ablation change (app.QUEUE_POLL_S)."""
+    """Gradio's queue looks every 1 ms, which took 11-13 % from generate and the ablation change (page.QUEUE_POLL_S)."""
     import inspect
 
     import gradio.queueing
 
     # the setting serve() overrides is still the one the queue's loop reads (a renamed one would be a dead attribute)
     assert "await asyncio.sleep(self.sleep_when_free)" in inspect.getsource(gradio.queueing.Queue.start_processing)
-    demo = app.build_demo(tiny_weights)
-    app.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    demo = page.build_demo(tiny_weights)
+    page.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     try:
-        assert demo._queue.sleep_when_free == app.QUEUE_POLL_S > 0.001
+        assert demo._queue.sleep_when_free == page.QUEUE_POLL_S > 0.001
     finally:
         demo.close()
 
@@ -586,17 +599,17 @@ def test_every_event_is_listed_in_the_api(served):
 
 def test_client_generates_scrubs_ablates_and_views_features(served):
     client = Client(served, verbose=False)
-    generated = client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 6, 2, 1, 1, 1, 1, 1, [], False, api_name="/generate")
+    generated = client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 6, 2, 1, 1, 1, 1, 1, [], False, api_name="/generate")
     assert "**A** = `tiny` intact · **B** = `tiny` with nothing switched off" in generated[-1]
     scrubbed = client.predict(2, api_name="/scrub")
     assert "step 3 of 6" in scrubbed[-1]
-    # a scrub files its pictures itself (app.pictures_filed): at the last step they are the Generate's, which Gradio's
+    # a scrub files its pictures itself (delivery.pictures_filed): at the last step they are the Generate's, which Gradio's
     # own postprocessing filed, to the pixel and losslessly
     def served(paths):
         return [(Image.open(path).format, Image.open(path).convert("RGB").tobytes()) for path in paths]
     assert served(client.predict(6, api_name="/scrub")[:9]) == served(generated[2:11])
     assert {image_format for image_format, _ in served(scrubbed[:9])} == {"PNG"}
-    ablated = client.predict("tiny", app.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 2, api_name="/ablate")
+    ablated = client.predict("tiny", checks.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 2, api_name="/ablate")
     assert "skips at 28×28 × 0" in ablated[-1]
     features = client.predict(2, "mid_block.attentions.0", 0, "global", api_name="/features")
     assert "mid_block.attentions.0" in features[-1]
@@ -606,19 +619,19 @@ def test_client_generates_scrubs_ablates_and_views_features(served):
 
 def test_network_events_draw_their_figures_on_the_network_thread(served, monkeypatch):
     """Left to Gradio's postprocessing, a figure is drawn after the handler returns, when the idle-time guesses start
-    and compete with matplotlib for the GIL (app.drawn)."""
+    and compete with matplotlib for the GIL (delivery.drawn)."""
     from matplotlib.figure import Figure
 
-    threads, real_drawn = [], app.drawn
+    threads, real_drawn = [], delivery.drawn
 
     def recording_drawn(value):
         if isinstance(value, Figure):
             threads.append(threading.current_thread().name)
         return real_drawn(value)
 
-    monkeypatch.setattr(app, "drawn", recording_drawn)
+    monkeypatch.setattr(delivery, "drawn", recording_drawn)
     *_, drift, numbers = Client(served, verbose=False).predict(
-        "tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 0, 1, 1, 1, 1, [], False, api_name="/generate")
+        "tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 0, 1, 1, 1, 1, [], False, api_name="/generate")
     assert threads == ["networks_0"]
     assert drift["type"] == "matplotlib" and drift["plot"].startswith("data:image/png;base64,")
 
@@ -627,20 +640,20 @@ def test_a_drawn_figure_is_a_png_for_gr_plot_and_is_closed():
     import matplotlib.pyplot as plt
 
     figure = plt.figure()
-    plot = app.drawn(figure)
+    plot = delivery.drawn(figure)
     assert plot.type == "matplotlib" and plot.plot.startswith("data:image/png;base64,")
     assert not plt.fignum_exists(figure.number)
-    assert app.drawn("a table") == "a table"
+    assert delivery.drawn("a table") == "a table"
 
 
 def test_an_ablation_change_before_any_generate_is_no_error(served):
-    outputs = Client(served, verbose=False).predict("tiny", app.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 8, api_name="/ablate")
+    outputs = Client(served, verbose=False).predict("tiny", checks.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 8, api_name="/ablate")
     assert all(output == {"__type__": "update"} for output in outputs)  # every output left as it is: nothing ran yet
 
 
 def test_sessions_do_not_share_state(served):
     first, second = Client(served, verbose=False), Client(served, verbose=False)
-    first.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
+    first.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
     with pytest.raises(AppError, match="No run yet"):
         second.predict(1, api_name="/scrub")
 
@@ -648,10 +661,10 @@ def test_sessions_do_not_share_state(served):
 def test_bad_input_is_an_error_and_the_server_still_answers(served):
     client = Client(served, verbose=False)
     with pytest.raises(AppError):
-        client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 5000, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
+        client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 5000, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
     with pytest.raises(AppError):
-        client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "euler", 4, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
-    result = client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
+        client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "euler", 4, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
+    result = client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
     assert "Mean |A − B|" in result[-1]
 
 
@@ -660,10 +673,10 @@ def test_a_view_sent_before_a_shorter_run_shows_that_run_instead_of_an_error(ser
     a 50-step run (sample 3 of 4) can reach the server after a Generate of 8 steps and 1 sample: it shows the new
     run's end, where that Generate put the sliders, not Gradio's "Value 50 is greater than maximum value 8"."""
     client = Client(served, verbose=False)
-    client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 8, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
+    client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 8, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
     features = client.predict(50, "mid_block.attentions.0", 3, "global", api_name="/features")
     assert "`mid_block.attentions.0`" in features[-1] and "t = 0 ·" in features[-1]  # the last of 8 DDIM steps
-    ablated = client.predict("tiny", app.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 50, api_name="/ablate")
+    ablated = client.predict("tiny", checks.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 50, api_name="/ablate")
     assert "finished sample" in ablated[-3] and "skips at 28×28 × 0" in ablated[-1]
     # a value no run can have is still refused, by name
     with pytest.raises(AppError, match="step must be"):
@@ -673,7 +686,7 @@ def test_a_view_sent_before_a_shorter_run_shows_that_run_instead_of_an_error(ser
 
 
 def test_every_event_that_reads_the_step_or_sample_slider_leaves_its_range_to_the_handlers(tiny_weights):
-    demo = app.build_demo(tiny_weights)
+    demo = page.build_demo(tiny_weights)
     run_sliders = {block for block in demo.blocks.values() if getattr(block, "elem_id", None) in ("step", "sample-index")}
     readers = [fn for fn in demo.fns.values() if run_sliders & set(fn.inputs)]
     assert len(readers) > 10  # views, scrub, ablation changes, B's options, numbers, the digit decision
@@ -681,7 +694,7 @@ def test_every_event_that_reads_the_step_or_sample_slider_leaves_its_range_to_th
 
 
 def test_every_element_id_on_the_page_is_unique(tiny_weights):
-    demo = app.build_demo(tiny_weights)
+    demo = page.build_demo(tiny_weights)
     ids = [block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)]
     assert len(ids) > 30 and sorted(i for i in set(ids) if ids.count(i) > 1) == []
 
@@ -689,15 +702,15 @@ def test_every_element_id_on_the_page_is_unique(tiny_weights):
 # ---- B over time, the "when?" tools, sharing and export
 
 
-def option_values(t_from=0, t_to=999, lie_mode=app.LIE_MODES[0], lie_value=0, b=(), s=(), h_on=False, probe_t=500, component=0,
+def option_values(t_from=0, t_to=999, lie_mode=options.LIE_MODES[0], lie_value=0, b=(), s=(), h_on=False, probe_t=500, component=0,
                   strength=2.0, h_from=0, h_to=999):
     def padded(gains):
-        return list(gains) + [1.0] * (app.MAX_SKIP_SLIDERS - len(gains))
+        return list(gains) + [1.0] * (checks.MAX_SKIP_SLIDERS - len(gains))
     return [t_from, t_to, lie_mode, lie_value, *padded(b), *padded(s), h_on, probe_t, component, strength, h_from, h_to]
 
 
 def set_options(registry, state, **options):
-    return app.set_b_options(registry, "tiny", app.SAME_AS_A, *option_values(**options), state, 2, progress=NoProgress())
+    return runs.set_b_options(registry, "tiny", checks.SAME_AS_A, *option_values(**options), state, 2, progress=NoProgress())
 
 
 def test_a_t_window_keeps_b_equal_to_a_before_the_window_and_changes_it_inside(registry):
@@ -712,7 +725,7 @@ def test_a_t_window_keeps_b_equal_to_a_before_the_window_and_changes_it_inside(r
 
 
 def test_options_set_before_generate_apply_to_the_next_run(registry):
-    stored, *skipped = set_options(registry, None, lie_mode=app.LIE_MODES[1], lie_value=300)
+    stored, *skipped = set_options(registry, None, lie_mode=options.LIE_MODES[1], lie_value=300)
     assert stored["options_b"]["lie"].offset == 300 and "a" not in stored
     state, *outputs = run_generate(registry, state=stored)
     assert state["b"].settings.timestep_lie.offset == 300 and not torch.equal(state["a"].final, state["b"].final)
@@ -720,7 +733,7 @@ def test_options_set_before_generate_apply_to_the_next_run(registry):
 
 
 def test_the_freeu_preset_goes_to_the_two_deepest_stages_and_changes_b(registry):
-    values = app.freeu_preset_values(registry, "tiny", app.SAME_AS_A)
+    values = options.freeu_preset_values(registry, "tiny", checks.SAME_AS_A)
     assert values[:2] == (1.4, 1.2) and values[5:7] == (0.2, 0.9)  # tiny's stages: 28 px, then 14 px (the deepest)
     state, *_ = run_generate(registry)
     freeu, *_ = set_options(registry, state, b=values[:2], s=values[5:7])
@@ -730,16 +743,16 @@ def test_the_freeu_preset_goes_to_the_two_deepest_stages_and_changes_b(registry)
 
 def test_an_h_space_edit_changes_b_and_its_probe_is_cached(registry):
     state, *_ = run_generate(registry, steps=4)
-    app._probe.cache_clear()
+    options.probe.cache_clear()
     edited, *_ = set_options(registry, state, h_on=True, component=1, strength=5.0)
     again, *_ = set_options(registry, state, h_on=True, component=1, strength=-5.0)
-    assert app._probe.cache_info().hits == 1
+    assert options.probe.cache_info().hits == 1
     assert not torch.equal(edited["b"].final, state["a"].final) and not torch.equal(edited["b"].final, again["b"].final)
 
 
 def test_the_sweep_plots_one_point_per_window_and_tabulates_them(registry):
     state, *_ = run_generate(registry, skips=(0, 0), steps=6)
-    figure, table = app.sweep_ablation(registry, state, 3, progress=NoProgress())
+    figure, table = when.sweep_ablation(registry, state, 3, progress=NoProgress())
     assert len(figure.axes[0].lines[0].get_xdata()) == 3
     assert table.count("\n| ") == 3 and "Applied at every step" in table
 
@@ -747,15 +760,15 @@ def test_the_sweep_plots_one_point_per_window_and_tabulates_them(registry):
 def test_the_sweep_needs_an_ablation_of_model_a(registry):
     state, *_ = run_generate(registry)
     with pytest.raises(gr.Error, match="Set an ablation for B first"):
-        app.user_errors(app.sweep_ablation)(registry, state, 3, progress=NoProgress())
+        checks.user_errors(when.sweep_ablation)(registry, state, 3, progress=NoProgress())
     other, *_ = run_generate(registry, model_b="tiny-noskip")
     with pytest.raises(gr.Error, match="set Network B to 'A with the ablation' first"):
-        app.user_errors(app.sweep_ablation)(registry, other, 3, progress=NoProgress())
+        checks.user_errors(when.sweep_ablation)(registry, other, 3, progress=NoProgress())
 
 
 def test_digit_decision_gives_curves_for_a_and_b_and_a_step_per_sample(registry):
     state, *_ = run_generate(registry, skips=(0, 1), batch=3)
-    figure, probability_a, probability_b, table = app.digit_decides(registry, state, 2)
+    figure, probability_a, probability_b, table = when.digit_decides(registry, state, 2)
     assert [line.get_label() for line in figure.axes[0].lines] == ["A: tiny", "B: tiny"]
     assert probability_a.axes[0].get_title().startswith("A: sample 2")
     assert table.count("\n| ") == 4 and "| B decided at t |" in table
@@ -763,14 +776,14 @@ def test_digit_decision_gives_curves_for_a_and_b_and_a_step_per_sample(registry)
 
 def test_the_setup_json_round_trips_to_the_same_pixels(registry):
     state, *_ = run_generate(registry, skips=(0, 1), steps=5, batch=2, digit="7")  # a setup holds one digit, not the cycle
-    state, *_ = set_options(registry, state, t_from=100, t_to=700, lie_mode=app.LIE_MODES[2], lie_value=50)
-    text = app.refresh_setup(registry, state)
-    controls = app.apply_setup(registry, text)
-    assert len(controls) == app.SETUP_OUTPUTS
+    state, *_ = set_options(registry, state, t_from=100, t_to=700, lie_mode=options.LIE_MODES[2], lie_value=50)
+    text = share.refresh_setup(registry, state)
+    controls = share.apply_setup(registry, text)
+    assert len(controls) == share.SETUP_OUTPUTS
     *values, session, note = controls
     assert session == {"options_b": state["options_b"]}  # a session of options alone, until the Generate that follows
     model_a, model_b, digit, *rest = values
-    replay, *_ = app.generate(registry, model_a, model_b, digit, *rest[:5],
+    replay, *_ = runs.generate(registry, model_a, model_b, digit, *rest[:5],
                               *[slider.value for slider in rest[5:10]], rest[10].value, rest[11].value, session, progress=NoProgress())
     assert torch.equal(replay["b"].final, state["b"].final)
 
@@ -779,12 +792,12 @@ def test_bad_setup_json_names_the_field(registry):
     for text, field in [("{", "not valid JSON"), ('{"steps": "many"}', "steps"), ('{"colour": 1}', "unknown setup field"),
                         ('{"model": "nope"}', "setup model"), ('{"model": "tiny", "batch": 99}', "setup batch")]:
         with pytest.raises(gr.Error, match=field):
-            app.user_errors(app.apply_setup)(registry, text)
+            checks.user_errors(share.apply_setup)(registry, text)
 
 
 def test_a_lesson_sets_the_controls_and_explains_itself(registry):
-    *controls, state, note = app.apply_lesson(registry, "what skips do", "tiny")
-    skip_sliders = controls[8:8 + app.MAX_SKIP_SLIDERS]
+    *controls, state, note = share.apply_lesson(registry, "what skips do", "tiny")
+    skip_sliders = controls[8:8 + checks.MAX_SKIP_SLIDERS]
     assert [s.value for s in skip_sliders[:2]] == [0.0, 0.0] and set(state) == {"options_b"}
     assert "What skips do" in note and "sweep" in note
 
@@ -795,43 +808,43 @@ class FakeRequest:
 
 
 def test_query_parameters_open_a_lesson_or_a_setup_and_nothing_else_changes_without(registry):
-    assert all(v == gr.skip() for v in app.open_from_query(registry, "tiny", FakeRequest()))
-    lesson = app.open_from_query(registry, "tiny", FakeRequest(lesson="time"))
-    assert lesson[9 + app.MAX_SKIP_SLIDERS].value is True  # the time-embedding switch
-    setup = app.open_from_query(registry, "tiny", FakeRequest(setup='{"model": "tiny", "seed": 7, "steps": 3}'))
+    assert all(v == gr.skip() for v in share.open_from_query(registry, "tiny", FakeRequest()))
+    lesson = share.open_from_query(registry, "tiny", FakeRequest(lesson="time"))
+    assert lesson[9 + checks.MAX_SKIP_SLIDERS].value is True  # the time-embedding switch
+    setup = share.open_from_query(registry, "tiny", FakeRequest(setup='{"model": "tiny", "seed": 7, "steps": 3}'))
     assert setup[4] == 7 and setup[6] == 3
     with pytest.raises(gr.Error, match="lesson"):
-        app.user_errors(app.open_from_query)(registry, "tiny", FakeRequest(lesson="../etc"))
+        checks.user_errors(share.open_from_query)(registry, "tiny", FakeRequest(lesson="../etc"))
 
 
 def test_a_setup_applied_is_generated_with_the_options_it_set_for_b(registry):
-    *_, session, _ = app.apply_setup(registry, '{"model": "tiny", "steps": 3, "batch": 1, "window": [0, 400]}')
-    state, *_ = app.generate(registry, "tiny", app.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 0, 1, 1, 1, 1, [], False,
+    *_, session, _ = share.apply_setup(registry, '{"model": "tiny", "steps": 3, "batch": 1, "window": [0, 400]}')
+    state, *_ = runs.generate(registry, "tiny", checks.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 0, 1, 1, 1, 1, [], False,
                              session, progress=NoProgress())
     assert len(state["a"]) == 3
-    assert state["b"].settings.ablation_window == app.Window(0, 400)
+    assert state["b"].settings.ablation_window == sampling.Window(0, 400)
 
 
 def test_exports_write_safetensors_and_a_zip_of_png_frames(registry):
     import zipfile
     from safetensors import safe_open
     state, *_ = run_generate(registry, steps=4, batch=2)
-    path = app.export_tensors(state, "B")
-    assert os.path.dirname(path) == str(app._gif_directory())
+    path = share.export_tensors(state, "B")
+    assert os.path.dirname(path) == str(exports.export_directory())
     with safe_open(path, "pt") as f:
         assert f.get_tensor("x0").shape == (4, 2, 1, 28, 28) and f.metadata()["steps"] == "4"
-    with zipfile.ZipFile(app.export_frames(state, "A")) as archive:
+    with zipfile.ZipFile(share.export_frames(state, "A")) as archive:
         names = archive.namelist()
         assert len(names) == 5 and archive.read(names[0])[:4] == b"\x89PNG"
 
 
 def test_the_architecture_strip_lists_every_block_in_order_and_opens_one(registry):
-    choices = app.architecture_choices(registry, "tiny")
+    choices = features.architecture_choices(registry, "tiny")
     labels = [label for label, _ in choices]
     assert labels[0].startswith("↓ conv_in") and any(label.startswith("• mid") for label in labels) and labels[-1].startswith("↑ up.1")
-    assert app.open_block(registry, "tiny", "mid_block.resnets.1") == "mid_block.resnets.1"
+    assert features.open_block(registry, "tiny", "mid_block.resnets.1") == "mid_block.resnets.1"
     with pytest.raises(gr.Error, match="architecture strip"):
-        app.user_errors(app.open_block)(registry, "tiny", "mid_block.resnets.1.update")
+        checks.user_errors(features.open_block)(registry, "tiny", "mid_block.resnets.1.update")
 
 
 def test_the_new_events_are_listed_in_the_api(served):
@@ -842,8 +855,8 @@ def test_the_new_events_are_listed_in_the_api(served):
 
 def test_client_windows_b_sweeps_reads_digits_shares_and_exports(served):
     client = Client(served, verbose=False)
-    client.predict("tiny", app.SAME_AS_A, "3", 3, 0, "ddim", 6, 2, 0, 0, 1, 1, 1, [], False, api_name="/generate")
-    windowed = client.predict("tiny", app.SAME_AS_A, *option_values(t_from=0, t_to=500), 6, api_name="/b_options")
+    client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 6, 2, 0, 0, 1, 1, 1, [], False, api_name="/generate")
+    windowed = client.predict("tiny", checks.SAME_AS_A, *option_values(t_from=0, t_to=500), 6, api_name="/b_options")
     assert "only for 0 ≤ t ≤ 500" in windowed[-1]
     figure, table = client.predict(3, api_name="/sweep")
     assert figure["type"] == "matplotlib" and table.count("\n| ") == 3
@@ -858,37 +871,37 @@ def test_client_windows_b_sweeps_reads_digits_shares_and_exports(served):
 
 
 def test_a_setup_brings_what_follows_its_model_the_trained_note_and_the_block_lists(registry):
-    *_, note, dropdown, strip, _, _ = app.apply_setup(registry, '{"model": "tiny-noskip"}')
+    *_, note, dropdown, strip, _, _ = share.apply_setup(registry, '{"model": "tiny-noskip"}')
     assert "*trained* with skips at 28×28 × 0" in note
-    assert [choice[1] for choice in strip.choices] == [value for _, value in app.architecture_choices(registry, "tiny-noskip")]
-    assert [choice[1] for choice in dropdown.choices] == [value for _, value in app.block_choices(registry, "tiny-noskip")]
-    assert dropdown.value == app.OPENING_BLOCK  # the page's first maps, as a plain page opens on
-    *_, note, _, _, _, _ = app.apply_setup(registry, '{"model": "tiny"}')
+    assert [choice[1] for choice in strip.choices] == [value for _, value in features.architecture_choices(registry, "tiny-noskip")]
+    assert [choice[1] for choice in dropdown.choices] == [value for _, value in features.block_choices(registry, "tiny-noskip")]
+    assert dropdown.value == features.OPENING_BLOCK  # the page's first maps, as a plain page opens on
+    *_, note, _, _, _, _ = share.apply_setup(registry, '{"model": "tiny"}')
     assert note == ""  # the note of a model trained without skips does not stay once another is set up
 
 
 def test_the_controls_are_built_for_the_default_model_and_a_page_opens_in_one_event_before_its_run(tiny_weights):
-    demo = app.build_demo(tiny_weights, prefetch=False)
+    demo = page.build_demo(tiny_weights, prefetch=False)
     by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
     resolutions = ModelRegistry(tiny_weights).get(demo_default_model(demo)).unet.skip_resolutions
     for knob, prefix in (("skips joining", "skip"), ("FreeU b", "freeu-b"), ("FreeU s", "freeu-s")):
-        sliders = [by_id[f"{prefix}-{i}"] for i in range(app.MAX_SKIP_SLIDERS)]
+        sliders = [by_id[f"{prefix}-{i}"] for i in range(checks.MAX_SKIP_SLIDERS)]
         assert [(s.visible, s.label) for s in sliders[:len(resolutions)]] == [(True, f"{knob} at {r}×{r}") for r in resolutions]
         assert not any(s.visible for s in sliders[len(resolutions):])
-    assert by_id["block"].value == app.OPENING_BLOCK
+    assert by_id["block"].value == features.OPENING_BLOCK
     loads = [fn for fn in demo.fns.values() if (demo._id, "load") in fn.targets]
     after_load = [fn for fn in demo.fns.values() if fn.trigger_after in {load._id for load in loads}]
-    assert len(loads) == 1 and [inspect.unwrap(fn.fn).func for fn in after_load] == [app.generate]
+    assert len(loads) == 1 and [inspect.unwrap(fn.fn).func for fn in after_load] == [runs.generate]
 
 
 def test_old_exports_of_every_kind_are_pruned(registry):
     import time
     state, *_ = run_generate(registry, steps=2, batch=1)
-    paths = [app.export_tensors(state, "A"), app.export_frames(state, "B"), app.export_gif(state, "x_t (noisy input)")]
-    old = time.time() - app.GIF_KEEP_SECONDS - 1
+    paths = [share.export_tensors(state, "A"), share.export_frames(state, "B"), share.export_gif(state, "x_t (noisy input)")]
+    old = time.time() - exports.EXPORT_KEEP_SECONDS - 1
     for path in paths:
         os.utime(path, (old, old))
-    app._prune_gifs()
+    exports.prune_exports()
     assert not any(os.path.exists(path) for path in paths)
 
 
@@ -897,10 +910,10 @@ def test_the_setup_json_gives_the_clis_the_same_b_bit_for_bit(registry):
     from playground.sampling import sample
     from playground.setup import PlaygroundSetup
     state, *_ = run_generate(registry, skips=(0, 1), steps=4, batch=2, digit="5")
-    state, *_ = set_options(registry, state, t_from=100, t_to=800, lie_mode=app.LIE_MODES[1], lie_value=200, b=(1.4, 1.2),
+    state, *_ = set_options(registry, state, t_from=100, t_to=800, lie_mode=options.LIE_MODES[1], lie_value=200, b=(1.4, 1.2),
                             s=(0.2, 0.9), h_on=True, component=1, strength=3.0, h_to=600)
     model = registry.get("tiny")
-    setup = PlaygroundSetup.from_json(app.current_setup(registry, state))
+    setup = PlaygroundSetup.from_json(share.current_setup(registry, state))
     assert torch.equal(sample(model, setup.sample_settings(model)).final, state["b"].final)
 
 
@@ -908,7 +921,7 @@ def test_a_picture_two_sessions_are_shown_at_once_is_never_served_half_written()
     """Gradio names a returned picture by its content hash: a rewrite of the file must never be visible."""
     from PIL import Image
 
-    image_output = gr.Image(type="pil", format=app.LOSSLESS)
+    image_output = gr.Image(type="pil", format=delivery.LOSSLESS)
     picture = Image.fromarray(torch.randint(0, 256, (280, 280, 3), generator=torch.Generator().manual_seed(0),
                                             dtype=torch.uint8).numpy())
     path = image_output.postprocess(picture).path
@@ -965,9 +978,9 @@ def test_events_off_the_network_thread_form_no_openmp_team(registry, tiny_weight
     parallel operation of every network waits for its workers to wake: a batch-16 GIF export, run on a Gradio
     thread, took the flagship's guided step on the network thread from 16-24 ms to 36-38 ms, for the server's
     lifetime. The events that do not queue for the network thread (a scrub, the exports) use one torch thread."""
-    state, *_ = run_generate(registry, steps=6, batch=app.MAX_BATCH)
-    assert _forms_an_openmp_team(app.export_gif, state, "x̂0 (predicted clean image)")  # the check sees a team
+    state, *_ = run_generate(registry, steps=6, batch=checks.MAX_BATCH)
+    assert _forms_an_openmp_team(share.export_gif, state, "x̂0 (predicted clean image)")  # the check sees a team
 
-    events = {fn.api_name: fn.fn for fn in app.build_demo(tiny_weights).fns.values()}
+    events = {fn.api_name: fn.fn for fn in page.build_demo(tiny_weights).fns.values()}
     inputs = {"scrub": (state, 3), "gif": (state, "x̂0 (predicted clean image)"), "export_frames": (state, "A"), "export_tensors": (state, "B")}
     assert {name: _forms_an_openmp_team(events[name], *args) for name, args in inputs.items()} == dict.fromkeys(inputs, False)

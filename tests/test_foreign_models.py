@@ -10,7 +10,8 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
-import app
+from explainer import checks
+from explainer import page
 from playground import PlaygroundUNet
 from tiny_weights import make_tiny_weights, write_pipeline
 
@@ -19,8 +20,8 @@ RGB_FOUR_LEVELS = dict(
     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, norm_num_groups=4,
 )
-UNCONDITIONAL = app.DIGIT_CHOICES[0]
-SKIPS_ON = [1] * app.MAX_SKIP_SLIDERS
+UNCONDITIONAL = checks.DIGIT_CHOICES[0]
+SKIPS_ON = [1] * checks.MAX_SKIP_SLIDERS
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,15 @@ def client(tmp_path_factory):
     root = make_tiny_weights(tmp_path_factory.mktemp("weights"))  # the MNIST classifier is there, as on the Space
     torch.manual_seed(0)
     write_pipeline(root / "rgb", PlaygroundUNet(**RGB_FOUR_LEVELS))
-    demo = app.build_demo(root, prefetch=False)
-    _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    demo = page.build_demo(root, prefetch=False)
+    _, url, _ = page.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     yield Client(url, verbose=False)
     demo.close()
 
 
 @pytest.fixture(scope="module")
 def generated(client):
-    return client.predict("rgb", app.SAME_AS_A, UNCONDITIONAL, 1.5, 0, "ddim", 6, 2, *SKIPS_ON, [], False, api_name="/generate")
+    return client.predict("rgb", checks.SAME_AS_A, UNCONDITIONAL, 1.5, 0, "ddim", 6, 2, *SKIPS_ON, [], False, api_name="/generate")
 
 
 def test_generate_runs_and_the_classifier_steps_aside_with_a_sentence(generated):
@@ -48,7 +49,7 @@ def test_generate_runs_and_the_classifier_steps_aside_with_a_sentence(generated)
 def test_scrub_ablate_and_features_work_at_every_level(client, generated):
     assert "step 3 of 6" in client.predict(2, api_name="/scrub")[-1]
     skips_off_at_32 = [0] + SKIPS_ON[1:]
-    ablated = client.predict("rgb", app.SAME_AS_A, *skips_off_at_32, [], False, 5, api_name="/ablate")
+    ablated = client.predict("rgb", checks.SAME_AS_A, *skips_off_at_32, [], False, 5, api_name="/ablate")
     assert "skips at 32×32 × 0" in ablated[-1]
     for block in ("down_blocks.3.resnets.0", "mid_block.attentions.0", "up_blocks.0.resnets.0"):  # 4 px, bottleneck, 4 px
         images = client.predict(5, block, 0, "block", api_name="/features")
@@ -73,4 +74,4 @@ def test_what_needs_digits_is_refused_by_name(client, generated):
     with pytest.raises(AppError, match="draws 3×32×32 images"):
         client.predict(0, api_name="/digit_decides")
     with pytest.raises(AppError, match="^Digit: `rgb` draws without labels"):
-        client.predict("rgb", app.SAME_AS_A, "7", 1.5, 0, "ddim", 6, 2, *SKIPS_ON, [], False, api_name="/generate")
+        client.predict("rgb", checks.SAME_AS_A, "7", 1.5, 0, "ddim", 6, 2, *SKIPS_ON, [], False, api_name="/generate")

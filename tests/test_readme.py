@@ -130,11 +130,11 @@ def test_the_python_examples_run_as_printed(sandbox, monkeypatch):
 
 @pytest.fixture(scope="module")
 def served(sandbox):
-    import app
+    from explainer import page
 
     # without the idle-time guesses, which change no result here and would hold a core of a shared machine
-    demo = app.build_demo(sandbox / "weights", prefetch=False)
-    _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    demo = page.build_demo(sandbox / "weights", prefetch=False)
+    _, url, _ = page.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     yield url
     demo.close()
 

@@ -2,7 +2,7 @@
 finite and reproducible, and a session's state does not outlive it.
 
 Hostile inputs are generated per handler and per argument (wrong types, out of range, NaN/inf, huge,
-empty, unknown names, unicode, None) and called the way Gradio calls them: through `app.user_errors`.
+empty, unknown names, unicode, None) and called the way Gradio calls them: through `checks.user_errors`.
 Every one must end in `UserError`; an `InternalError` (an unforeseen exception) is a bug in app.py.
 """
 
@@ -21,9 +21,19 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-import app  # noqa: E402
+from explainer import checks  # noqa: E402
+from explainer import features  # noqa: E402
+from explainer import numbers  # noqa: E402
+from explainer import options  # noqa: E402
+from explainer import pictures  # noqa: E402
+from explainer import share  # noqa: E402
+from explainer import page  # noqa: E402
+from explainer import runs  # noqa: E402
+from explainer import sessions  # noqa: E402
+from explainer import switches  # noqa: E402
+from explainer import when  # noqa: E402
 from playground import PlaygroundUNet, SampleSettings, load_pipeline  # noqa: E402
-from playground.sampling import sample  # noqa: E402
+from playground.sampling import MAX_STEPS, sample  # noqa: E402
 from playground.registry import ModelRegistry  # noqa: E402
 from tiny_weights import TINY_UNET, make_tiny_weights, write_pipeline  # noqa: E402
 
@@ -162,15 +172,15 @@ def test_the_app_serves_the_sound_models_and_says_which_failed_and_why(tiny_weig
 
     assert registry.available == ["tiny", "tiny-noskip"]
     assert set(errors) == set(BROKEN) | {"classifier"}
-    status = app.describe_models(registry)
+    status = switches.describe_models(registry)
     for case, (_, file_name, problem) in BROKEN.items():
         assert f"`{case}` could not be loaded" in status and file_name in errors[case] and problem in errors[case]
     assert str(tmp_path) not in status  # the server's own directories are not shown to visitors
-    state, *_ = app.generate(registry, "tiny", app.SAME_AS_A, app.DIGIT_CHOICES[1], 2, 0, "ddim", 3, 2,
+    state, *_ = runs.generate(registry, "tiny", checks.SAME_AS_A, checks.DIGIT_CHOICES[1], 2, 0, "ddim", 3, 2,
                              1, 1, 1, 1, 1, [], False, None, progress=NoProgress())
     assert torch.isfinite(state["a"].final).all()
     with pytest.raises(gr.Error, match="failed to load"):
-        app.user_errors(app.generate)(registry, "nan-weights", app.SAME_AS_A, app.DIGIT_CHOICES[1], 2, 0, "ddim", 3, 2,
+        checks.user_errors(runs.generate)(registry, "nan-weights", checks.SAME_AS_A, checks.DIGIT_CHOICES[1], 2, 0, "ddim", 3, 2,
                                       1, 1, 1, 1, 1, [], False, None, progress=NoProgress())
 
 
@@ -178,7 +188,7 @@ def test_build_demo_starts_with_broken_models_beside_sound_ones(tiny_weights, tm
     root = tmp_path / "weights"
     shutil.copytree(tiny_weights, root)
     _broken_copy(tiny_weights, root, "truncated-tail")
-    demo = app.build_demo(root)
+    demo = page.build_demo(root)
     status = next(block.value for block in demo.blocks.values() if getattr(block, "elem_id", None) == "model-status")
     assert "`truncated-tail` could not be loaded" in status and "truncated or corrupt" in status
 
@@ -205,7 +215,7 @@ def _out_of(low, high, whole):
 # Each handler: a valid call, argument by argument; bad[name] lists the values to try for that argument and
 # `says` the words the sentence must contain (the argument's name as the visitor knows it).
 def _generate_arguments(**changes):
-    args = dict(model_a="tiny", model_b=app.SAME_AS_A, digit=app.DIGIT_CHOICES[1], guidance=2.0, seed=0, sampler="ddim",
+    args = dict(model_a="tiny", model_b=checks.SAME_AS_A, digit=checks.DIGIT_CHOICES[1], guidance=2.0, seed=0, sampler="ddim",
                 steps=3, batch=2, skip_0=1.0, skip_1=1.0, skip_2=1.0, skip_3=1.0, skip_4=1.0, attention_off=[],
                 time_off=False, state=None) | changes
     return list(args.values())
@@ -228,10 +238,10 @@ GENERATE = {
 RERUN_B = {"model_a": GENERATE["model_a"], "model_b": GENERATE["model_b"], "skip_1": GENERATE["skip_0"],
            "attention_off": GENERATE["attention_off"], "time_off": GENERATE["time_off"],
            # a step or sample beyond this run but within another's is held to this run (test_app: "a view sent before")
-           "step": (NOT_A_NUMBER + _out_of(0, app.MAX_STEPS, whole=True), "step")}
+           "step": (NOT_A_NUMBER + _out_of(0, MAX_STEPS, whole=True), "step")}
 FEATURES = {"step": RERUN_B["step"],
             "block": (NOT_A_NAME + ["mid_block", "mid_block.attentions.0 ", "MID_BLOCK.ATTENTIONS.0", "down_blocks.9.resnets.0"], "block"),
-            "sample_index": (NOT_A_NUMBER + _out_of(0, app.MAX_BATCH - 1, whole=True), "sample"),
+            "sample_index": (NOT_A_NUMBER + _out_of(0, checks.MAX_BATCH - 1, whole=True), "sample"),
             "range_mode": (NOT_A_NAME + ["Global", "per channel"], "colour range")}
 NOT_A_SESSION = [None, {}, "a", [], {"b": 1}, 0]
 
@@ -243,11 +253,11 @@ def _cases():
         for i, value in enumerate(values):
             cases.append((f"generate-{name}-{i}", "generate", lambda state, name=name, value=value: _generate_arguments(**{name: value}), says))
     # the last case runs few enough passes but would keep too much: 2 × 200 × 16 sample-steps of 28×28 ≈ 57 MiB
-    for steps, batch, digit in [(1000, 16, app.DIGIT_CHOICES[1]), (1000, 9, app.DIGIT_CHOICES[0]), (600, 16, "3"),
-                                (200, 16, app.DIGIT_CHOICES[0])]:
+    for steps, batch, digit in [(1000, 16, checks.DIGIT_CHOICES[1]), (1000, 9, checks.DIGIT_CHOICES[0]), (600, 16, "3"),
+                                (200, 16, checks.DIGIT_CHOICES[0])]:
         cases.append((f"generate-budget-{steps}x{batch}", "generate",
                       lambda state, s=steps, b=batch, d=digit: _generate_arguments(steps=s, batch=b, digit=d, skip_0=0.0), "steps × batch"))
-    rerun_defaults = dict(model_a="tiny", model_b=app.SAME_AS_A, skip_0=1.0, skip_1=1.0, skip_2=1.0, skip_3=1.0, skip_4=1.0,
+    rerun_defaults = dict(model_a="tiny", model_b=checks.SAME_AS_A, skip_0=1.0, skip_1=1.0, skip_2=1.0, skip_3=1.0, skip_4=1.0,
                           attention_off=[], time_off=False)
     for name, (values, says) in RERUN_B.items():
         for i, value in enumerate(values):
@@ -270,7 +280,7 @@ def _cases():
                               ("compute_numbers", [1]), ("export_gif", ["x_t (noisy input)"])]:
             cases.append((f"{handler}-session-{i}", handler, lambda state, v=value, r=rest: [v, *r], "No run yet"))
     for i, value in enumerate(NOT_A_NAME):
-        cases.append((f"ablation_panel-model_a-{i}", "ablation_panel", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
+        cases.append((f"ablation_panel-model_a-{i}", "ablation_panel", lambda state, v=value: [v, checks.SAME_AS_A], "model A"))
         cases.append((f"block_dropdown-model_a-{i}", "block_dropdown", lambda state, v=value: [v], "model A"))
     for i, value in enumerate(GENERATE["model_b"][0]):
         cases.append((f"ablation_panel-model_b-{i}", "ablation_panel", lambda state, v=value: ["tiny", v], "network B"))
@@ -278,8 +288,8 @@ def _cases():
 
 
 # B's options beyond the ablation: (t-window, timestep lie, FreeU b and s, h-space edit), then the session and the step
-OPTION_DEFAULTS = dict(model_a="tiny", model_b=app.SAME_AS_A, t_from=0, t_to=999, lie_mode=app.LIE_MODES[1], lie_value=100,
-                       **{f"b_{i}": 1.0 for i in range(app.MAX_SKIP_SLIDERS)}, **{f"s_{i}": 1.0 for i in range(app.MAX_SKIP_SLIDERS)},
+OPTION_DEFAULTS = dict(model_a="tiny", model_b=checks.SAME_AS_A, t_from=0, t_to=999, lie_mode=options.LIE_MODES[1], lie_value=100,
+                       **{f"b_{i}": 1.0 for i in range(checks.MAX_SKIP_SLIDERS)}, **{f"s_{i}": 1.0 for i in range(checks.MAX_SKIP_SLIDERS)},
                        h_on=False, probe_t=500, component=0, strength=2.0, h_from=0, h_to=999)
 T_VALUES = NOT_A_NUMBER + _out_of(0, 999, whole=True)
 OPTIONS = {
@@ -346,10 +356,10 @@ def _explore_cases():
         cases.append((f"apply_lesson-model_a-{i}", "apply_lesson", lambda state, v=value: ["what skips do", v], "model A"))
         cases.append((f"open_block-model_a-{i}", "open_block", lambda state, v=value: [v, "mid_block.resnets.1"], "model A"))
         cases.append((f"architecture_strip-model_a-{i}", "architecture_strip", lambda state, v=value: [v], "model A"))
-        cases.append((f"options_panel-model_a-{i}", "options_panel", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
-        cases.append((f"freeu_preset_values-model_a-{i}", "freeu_preset_values", lambda state, v=value: [v, app.SAME_AS_A], "model A"))
+        cases.append((f"options_panel-model_a-{i}", "options_panel", lambda state, v=value: [v, checks.SAME_AS_A], "model A"))
+        cases.append((f"freeu_preset_values-model_a-{i}", "freeu_preset_values", lambda state, v=value: [v, checks.SAME_AS_A], "model A"))
         cases.append((f"generate-after-a-setup-model_a-{i}", "generate",  # a setup applied, then its Generate
-                      lambda state, v=value: [*_generate_arguments(model_a=v)[:-1], {"options_b": app.NO_OPTIONS}], "model A"))
+                      lambda state, v=value: [*_generate_arguments(model_a=v)[:-1], {"options_b": sessions.NO_OPTIONS}], "model A"))
     for i, value in enumerate(NOT_A_NAME + ["mid_block.resnets.1.update", "up_blocks.0.resnets.0.skip", "mid_block"]):
         cases.append((f"open_block-block-{i}", "open_block", lambda state, v=value: ["tiny", v], "block"))
     for i, value in enumerate(GENERATE["model_b"][0]):
@@ -358,6 +368,7 @@ def _explore_cases():
 
 
 CASES = _cases()
+PANELS = (runs, features, numbers, options, pictures, share, switches, when)
 NEEDS_REGISTRY = {"generate", "rerun_b", "view_features", "compute_numbers", "ablation_panel", "block_dropdown",
                   "set_b_options", "sweep_ablation", "digit_decides", "current_setup", "apply_setup", "apply_lesson",
                   "open_from_query", "open_block", "architecture_strip", "options_panel", "freeu_preset_values"}
@@ -372,28 +383,28 @@ def test_there_are_hundreds_of_hostile_cases_covering_every_handler():
 @pytest.fixture(scope="module")
 def session(registry):
     """A valid session state: 3 DDIM steps, a batch of 2."""
-    state, *_ = app.generate(registry, *_generate_arguments(), progress=NoProgress())
+    state, *_ = runs.generate(registry, *_generate_arguments(), progress=NoProgress())
     return state
 
 
 @pytest.mark.parametrize("case_id, handler_name, arguments, says", CASES, ids=[c[0] for c in CASES])
 def test_a_hostile_input_gets_a_plain_sentence(registry, session, case_id, handler_name, arguments, says):
-    handler = getattr(app, handler_name)
+    handler = next(getattr(panel, handler_name) for panel in PANELS if hasattr(panel, handler_name))
     if handler_name in NEEDS_REGISTRY:
         handler = functools.partial(handler, registry)
     kwargs = {"progress": NoProgress()} if handler_name in TAKES_PROGRESS else {}
     with pytest.raises(gr.Error) as refused:
-        app.user_errors(handler)(*arguments(session), **kwargs)
+        checks.user_errors(handler)(*arguments(session), **kwargs)
     message = refused.value.message
-    assert not isinstance(refused.value, app.InternalError), f"an unforeseen exception slipped through: {message}"
+    assert not isinstance(refused.value, checks.InternalError), f"an unforeseen exception slipped through: {message}"
     assert says in message and "\n" not in message and len(message) < 600, message
 
 
 def test_an_over_long_request_is_stopped_by_the_time_limit(tiny_weights, monkeypatch):
     registry = ModelRegistry(tiny_weights)  # a run kept from another test would be answered in no time
-    monkeypatch.setattr(app, "REQUEST_SECONDS", 0.0)
+    monkeypatch.setattr(checks, "REQUEST_SECONDS", 0.0)
     with pytest.raises(gr.Error, match="limit"):
-        app.user_errors(functools.partial(app.generate, registry))(*_generate_arguments(steps=3), progress=NoProgress())
+        checks.user_errors(functools.partial(runs.generate, registry))(*_generate_arguments(steps=3), progress=NoProgress())
 
 
 def test_no_input_becomes_a_path(registry, monkeypatch):
@@ -402,7 +413,7 @@ def test_no_input_becomes_a_path(registry, monkeypatch):
     monkeypatch.setattr("playground.registry.load_pipeline", lambda path, name=None: seen.append(path))
     for name in ["../tiny", "tiny/../tiny", str(registry.root / "tiny"), "/", "classifier"]:
         with pytest.raises(gr.Error, match="unknown model"):
-            app.user_errors(functools.partial(app.block_dropdown, registry))(name)
+            checks.user_errors(functools.partial(features.block_dropdown, registry))(name)
     assert seen == []
 
 
@@ -426,7 +437,7 @@ def overflowing_weights(tiny_weights, tmp_path):
 def test_a_diverging_run_is_an_error_not_an_image(overflowing_weights):
     registry = ModelRegistry(overflowing_weights)
     with pytest.raises(gr.Error, match="NaN or infinite"):
-        app.user_errors(functools.partial(app.generate, registry))(*_generate_arguments(model_b="overflow"), progress=NoProgress())
+        checks.user_errors(functools.partial(runs.generate, registry))(*_generate_arguments(model_b="overflow"), progress=NoProgress())
 
 
 def test_non_finite_values_anywhere_in_a_trajectory_are_refused(session):
@@ -434,7 +445,7 @@ def test_non_finite_values_anywhere_in_a_trajectory_are_refused(session):
     eps = blown.eps.clone()
     eps[1, 0, 0, 3, 3] = float("inf")  # one pixel of one intermediate step: the final image may still look fine
     with pytest.raises(FloatingPointError, match="eps"):
-        app._finite(type(blown)(**{**blown.__dict__, "eps": eps}), "B")
+        checks.finite(type(blown)(**{**blown.__dict__, "eps": eps}), "B")
 
 
 def test_sampling_is_bit_identical_across_runs(tiny_weights):
@@ -479,19 +490,19 @@ TTL_SECONDS = 2
 
 @pytest.fixture(scope="module")
 def served(tiny_weights):
-    ttl = app.STATE_TTL_SECONDS
-    app.STATE_TTL_SECONDS = TTL_SECONDS  # read by build_demo: short, so expiry is seen within the test
+    ttl = sessions.STATE_TTL_SECONDS
+    sessions.STATE_TTL_SECONDS = TTL_SECONDS  # read by build_demo: short, so expiry is seen within the test
     try:
-        demo = app.build_demo(tiny_weights)
+        demo = page.build_demo(tiny_weights)
     finally:
-        app.STATE_TTL_SECONDS = ttl
-    _, url, _ = app.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+        sessions.STATE_TTL_SECONDS = ttl
+    _, url, _ = page.serve(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                           state_session_capacity=CAPACITY)
     yield demo, url
     demo.close()
 
 
-GOOD_GENERATE = ["tiny", app.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False]
+GOOD_GENERATE = ["tiny", checks.SAME_AS_A, "3", 2, 0, "ddim", 3, 1, 1, 1, 1, 1, 1, [], False]
 LIVE_CASES = [
     ("/generate", _generate_arguments(steps=5000)[:-1]),
     ("/generate", _generate_arguments(batch=17)[:-1]),
@@ -511,7 +522,7 @@ LIVE_CASES = [
     ("/features", [1, "\u202emid_block", 0, "block"]),
     ("/features", [1, "mid_block.attentions.0", 0, "rainbow"]),
     ("/gif", ["x̂0"]),
-    ("/ablation_panel", ["/etc", app.SAME_AS_A]),
+    ("/ablation_panel", ["/etc", checks.SAME_AS_A]),
     ("/block_choices", [None]),
     ("/sweep", [3]),  # before Generate
     ("/sweep", [10**9]),
