@@ -1,4 +1,6 @@
-"""App events through the real server: cold start, generate A+B, scrub, feature view, ablation change, memory.
+"""App events through the real server: cold start, generate A+B, feature view, ablation change, memory.
+
+(Scrubbing sends no event: the page draws every step from the run's frames; browser_latency.py times it.)
 
     python benchmarks/app_events.py [--repeats 5] [--sessions 6]
 
@@ -45,7 +47,7 @@ from playground import registry, serving  # noqa: E402
 
 PREFETCHED = "ablation change, one switch away after a pause"
 MID_GUESS = "ablation change, one switch away mid-guess"
-TARGETS = {"generate A+B": 1.5, "scrub": 0.05, "feature view": 0.15, "ablation change": 1.0, "ablation change, seen before": 1.0,
+TARGETS = {"generate A+B": 1.5, "feature view": 0.15, "ablation change": 1.0, "ablation change, seen before": 1.0,
            PREFETCHED: 1.0, MID_GUESS: 1.0}
 NO_SKIP_AT_FIRST = (0, 1, 1, 1, 1)  # B really differs from A, so generate runs both networks
 EVENT_DIGIT, EVENT_GUIDANCE = 7, 1.5
@@ -310,7 +312,6 @@ def main():
         host = {threads: guided_step_ms(threads) for threads in (1, 2)}
         events = {  # name -> [(api_name, arguments, seconds to wait before sending)]
             "generate A+B": [("/generate", generate_args(i, 1, NO_SKIP_AT_FIRST), 0) for i in range(args.repeats)],
-            "scrub": [("/scrub", [i * 7 % 50], 0) for i in range(args.repeats * 4)],
             "feature view": [("/features", [i * 7 % 50, "mid_block.attentions.0", 0, "block"], 0) for i in range(args.repeats * 2)],
             "ablation change": [("/ablate", ablate_args(i), 0) for i in range(args.repeats)],
             # the same changes again: the server kept those B trajectories (playground.TrajectoryCache)

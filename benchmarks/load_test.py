@@ -5,7 +5,8 @@
 
 The app runs in a subprocess on 127.0.0.1 (so its peak memory is its own, and it shares no GIL with the
 clients). Each session is one `gradio_client.Client` (its own gr.State) with its own seed and ablation; it
-generates, then mixes scrubbing, ablation changes, feature views and new generations until the time is up.
+generates, then mixes ablation changes, feature views and new generations until the time is up (scrubbing is the
+page's own: it sends nothing).
 Afterwards every session's requests are replayed one at a time in a fresh session on a fresh server (the first
 kept the trajectories it computed, and would answer from them), and every output must be equal: images pixel
 for pixel, text and plots exactly. A session that saw another's state, or a race on the
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-EVENTS = ("generate", "scrub", "ablate", "features")
+EVENTS = ("generate", "ablate", "features")
 SKIP_CHOICES = (0.0, 0.5, 1.0, 1.5)
 STARTUP_SECONDS = 180  # importing torch and gradio takes 5 s on an idle 2-core machine, over a minute on a busy one
 
@@ -103,10 +104,8 @@ class Workload:
     def next_request(self, rng: random.Random, session: Session) -> Request:
         if not session.requests or rng.random() < 0.1:
             return Request("generate", self.generate(rng, session.seed + len(session.requests)))
-        event = rng.choice(["scrub", "scrub", "ablate", "features", "features"])
+        event = rng.choice(["ablate", "features", "features"])
         step = rng.randint(0, self.steps)
-        if event == "scrub":
-            return Request("scrub", [step])
         if event == "ablate":
             return Request("ablate", [self.model, "A with the ablation", *self.ablation(rng), step])
         return Request("features", [step, rng.choice(self.blocks), rng.randint(0, self.batch - 1),
@@ -185,12 +184,12 @@ def start_server(weights: Path, port: int, sessions: int, log_path: Path) -> sub
 def serve(weights: Path, port: int, sessions: int) -> None:
     """The server side (a subprocess): the app as main() launches it, on loopback only."""
     from explainer import page
-    from explainer import sessions
+    from explainer.sessions import STATE_SESSIONS
 
     demo = page.build_demo(weights)
     # room for every session of the test at once: the eviction of older sessions is tested elsewhere
     page.serve(demo, queue_size=max(64, 4 * sessions), server_name="127.0.0.1", server_port=port, quiet=True,
-              state_session_capacity=max(sessions.STATE_SESSIONS, 2 * sessions))
+              state_session_capacity=max(STATE_SESSIONS, 2 * sessions))
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -1,61 +1,48 @@
 """Retake the README's screenshots from a running app: `python app.py`, then `python docs/make_screenshots.py`.
 
-Drives Debian's chromium as a visitor would (type a skip scale, move the step, press the numbers button) and
-crops each picture to the part of the page the README's caption describes. The shipped weights give the same
-pixels on any machine, so a retake differs from the last only where the app changed.
+Drives Debian's chromium as a visitor would (click the diagram, scrub, open a tab) at a desktop's size and a phone's.
+The shipped weights give the same pixels on any machine, so a retake differs from the last only where the app changed.
 """
 
 import argparse
+import re
 import shutil
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
 DOCS = Path(__file__).resolve().parent
-STEP = "number input for Step (0 = pure noise, last = finished sample)"
 
 
-def skips_off(page, resolution: int) -> None:
-    """Switch B's skips joining at `resolution` off and wait until the numbers say B has been rerun."""
-    box = page.get_by_label(f"number input for skips joining at {resolution}×{resolution}")
-    box.fill("0")
-    box.press("Tab")  # the blur is the slider's release, which runs the event
-    expect(page.locator("#numbers")).to_contain_text(f"skips at {resolution}×{resolution} × 0", timeout=120_000)
+def wait_for_run(page, says: str = "intact") -> None:
+    """The run is in: the verdicts say `says` and the pictures are no longer waiting for a newer one."""
+    expect(page.locator("#verdicts")).to_contain_text(says, timeout=180_000)
+    expect(page.locator("#viewer")).not_to_have_class(re.compile("waiting"), timeout=180_000)
+    page.wait_for_timeout(800)  # the feature maps follow the run
 
 
-def move_step(page, step: int) -> None:
-    box = page.get_by_label(STEP)
-    box.fill(str(step))
-    box.press("Tab")  # the blur is the slider's release, which runs the event
-    expect(page.locator("#step-caption")).to_contain_text(f"step {step + 1} of", timeout=30_000)
+def cut_skip(page, resolution: int) -> None:
+    page.locator(f'#diagram [data-kind="skip"][data-resolution="{resolution}"]').first.click()
+    wait_for_run(page, f"skips at {resolution}×{resolution} × 0")
 
 
-def settle(page) -> None:
-    """Scroll the whole page through the viewport (the feature maps load lazily), then wait for the pictures."""
-    height = page.evaluate("document.body.scrollHeight")
-    for y in range(0, height, 500):
-        page.evaluate(f"window.scrollTo(0, {y})")
-        page.wait_for_timeout(150)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.wait_for_function("Array.from(document.images).every(image => image.complete)")  # Gradio's event stream never idles
-    page.wait_for_timeout(1000)
-
-
-def top_of(page, selector: str) -> float:
-    return page.locator(selector).first.bounding_box()["y"] + page.evaluate("window.scrollY")
-
-
-def shoot(page, name: str, top: float, bottom: float) -> None:
-    width = page.viewport_size["width"]
-    page.screenshot(path=DOCS / name, full_page=True, clip={"x": 0, "y": top, "width": width, "height": bottom - top})
-    print(f"{name}: {width}×{int(bottom - top)}")
-
-
-def open_page(browser, url: str, width: int):
-    page = browser.new_page(viewport={"width": width, "height": 1000})
-    page.goto(url)
-    expect(page.locator("#step-caption")).to_contain_text("finished sample", timeout=120_000)
+def open_page(browser, url: str, width: int, height: int):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url, wait_until="domcontentloaded")
+    wait_for_run(page)
     return page
+
+
+def on_page(page, selector: str) -> dict:
+    """The element's box in page coordinates (a full-page screenshot's), not the viewport's."""
+    box = page.locator(selector).first.bounding_box()
+    return dict(box, y=box["y"] + page.evaluate("window.scrollY"))
+
+
+def shoot(page, name: str, **clip) -> None:
+    page.screenshot(path=DOCS / name, full_page=bool(clip), **({"clip": clip} if clip else {}))
+    size = page.viewport_size if not clip else clip
+    print(f"{name}: {size['width']}×{size['height']}")
 
 
 def main():
@@ -65,30 +52,35 @@ def main():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
 
-        # the controls and the reverse process mid-way, B's 28×28 skips off (it diverges)
-        page = open_page(browser, args.url, 1050)
-        skips_off(page, 28)
-        move_step(page, 36)
-        settle(page)
-        shoot(page, "screenshot-controls.png", 0, top_of(page, "#img-AminusB-x0") + 40)
-        page.close()
+        # the first screen, B's 14×14 skip cut on the diagram, mid-way through the run
+        page = open_page(browser, args.url, 1440, 900)
+        cut_skip(page, 14)
+        scrubber = page.locator("#viewer .uv-scrubber")
+        scrubber.focus()
+        for _ in range(12):
+            scrubber.press("ArrowLeft")
+        expect(page.locator("#feature-caption")).to_contain_text("t = 220 ·", timeout=60_000)
+        page.wait_for_timeout(500)
+        shoot(page, "screenshot-controls.png")
 
-        # the finished sample with B's 14×14 skips off: what A and B draw from the same noise
-        page = open_page(browser, args.url, 1400)
-        skips_off(page, 14)
-        settle(page)
-        shoot(page, "screenshot-explore.png", 0, top_of(page, "#img-AminusB-x0") + 40)
+        # the same on a phone: A and B side by side, the scrubber under them
+        phone = open_page(browser, args.url, 390, 844)
+        shoot(phone, "screenshot-phone.png")
+        phone.close()
 
-        # the same run at step 38: the bottleneck's maps, the numbers, ε-error and spectra
-        page.set_viewport_size({"width": 1050, "height": 1000})
-        move_step(page, 37)
-        page.locator("#numbers-button").click()
+        # the numbers at that step: ε-error per timestep and the skip vs backbone spectra
+        page.get_by_role("tab", name="Numbers").click()
+        page.get_by_role("button", name=re.compile("Compute ε-error")).click()
         expect(page.locator("#spectrum-plot img")).to_be_visible(timeout=120_000)
-        settle(page)
-        feature_heading = page.get_by_role("heading", name="Feature maps")
-        top = feature_heading.bounding_box()["y"] + page.evaluate("window.scrollY") - 10
-        bottom = top_of(page, "#spectrum-plot") + page.locator("#spectrum-plot").bounding_box()["height"] + 10
-        shoot(page, "screenshot-features-numbers.png", top, bottom)
+        numbers = on_page(page, "#tab-numbers")
+        shoot(page, "screenshot-features-numbers.png", x=0, y=numbers["y"] - 50, width=1440, height=numbers["height"] + 60)
+
+        # when does it matter: the sweep of B's ablation over windows of t
+        page.get_by_role("tab", name="When does it matter?").click()
+        page.get_by_role("button", name=re.compile("sweep the window")).click()
+        expect(page.locator("#sweep-table")).to_contain_text("B's ablation:", timeout=300_000)
+        sweep = on_page(page, "#tab-sweep")
+        shoot(page, "screenshot-explore.png", x=0, y=sweep["y"] - 50, width=1440, height=sweep["height"] + 60)
         browser.close()
 
 

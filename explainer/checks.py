@@ -12,6 +12,7 @@ import time
 import gradio as gr
 import torch
 
+from explainer.sessions import RUN_TICKETS, visitor
 from playground import Ablation, SampleSettings
 from playground.network_thread import use_threads
 from playground.sampling import MAX_STEPS, SAMPLERS, Window
@@ -218,10 +219,22 @@ def check_budget(settings, a_model, b_differs):
         )
 
 
+class Superseded(UserError):
+    """A run its visitor replaced with a newer request, or stopped: the page has moved on, so no toast says so."""
+
+    def __init__(self, message: str):
+        super().__init__(message, visible=False, print_exception=False)
+
+
 def timed(started, progress):
-    """Wrap a progress callback (called after every step) so the request stops REQUEST_SECONDS after `started`."""
+    """Wrap a progress callback (called after every step) so the request stops REQUEST_SECONDS after `started`, or
+    as soon as its visitor asks for another run (sessions.RUN_TICKETS)."""
+    session = visitor()
+    ticket = RUN_TICKETS.take(session)
 
     def report(done, total):
+        if not RUN_TICKETS.is_latest(session, ticket):
+            raise Superseded("Stopped: this run was replaced by a newer request, or by Stop.")
         if time.monotonic() - started > REQUEST_SECONDS:
             raise UserError(f"The request ran over the {REQUEST_SECONDS} s limit and was stopped; "
                             "use fewer steps or a smaller batch.")

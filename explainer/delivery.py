@@ -5,17 +5,21 @@ rename into Gradio's cache so that no visitor is ever served a half-written file
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import gradio as gr
 from gradio import processing_utils
 from gradio import utils as gradio_utils
 from gradio.components.plot import PlotData
 from gradio.data_classes import ImageData
 from matplotlib.figure import Figure
 from PIL import Image as PILImage
+
+from explainer.checks import Superseded
 
 # Gradio's default WebP is lossy (a faint difference map or a thin plot line would show compression noise) and
 # takes ~3x as long to encode as PNG for these small pictures: ~55 ms of a scrub's 9 images against ~20 ms
@@ -95,3 +99,36 @@ def filed(value):
         return value
     path = processing_utils.save_pil_to_cache(value, cache_dir=gradio_utils.get_upload_folder(), format=LOSSLESS)
     return ImageData(path=path, orig_name=Path(path).name).model_dump()
+
+
+def receiving_event(handler, inputs: int):
+    """`handler(*inputs, payload)` as a Gradio listener handed the event's data (a custom gr.HTML event's payload).
+
+    Gradio finds where to pass gr.EventData by a positional parameter's annotation, which a wrapped or partial
+    handler (one taking *inputs) does not show; this listener declares exactly `inputs` parameters and the event."""
+
+    def listener(*values):
+        *given, event = values
+        payload = getattr(event, "_data", None)
+        return handler(*given, payload if isinstance(payload, dict) else {})
+
+    parameters = [inspect.Parameter(f"input_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(inputs)]
+    listener.__signature__ = inspect.Signature([*parameters, inspect.Parameter("event", inspect.Parameter.POSITIONAL_OR_KEYWORD)])
+    listener.__annotations__ = {"event": gr.EventData}
+    listener.__name__ = getattr(handler, "__name__", "listener")
+    return listener
+
+
+def unless_superseded(handler, outputs: int):
+    """`handler`, except that a run its visitor superseded (checks.Superseded) leaves every output as it is and ends
+    as a success: Gradio 6.31's page then sends the newest request it held back for that event
+    (trigger_mode="always_last"), which it drops after a failure."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Superseded:
+            return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+
+    return wrapped

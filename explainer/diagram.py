@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import gradio as gr
 
+from explainer.checks import shown
 from playground.ablation import Ablation
 from playground.unet import feature_group
 
@@ -138,7 +139,7 @@ def clicked_feature(spec: dict, name, argument: str = "block name") -> str:
     """`name` if a click on this model's drawing can open it (a `block_click` payload's `name`); else ValueError."""
     choices = clickable_names(spec)
     if not isinstance(name, str) or name not in choices:
-        raise ValueError(f"{argument} must be one of the model's feature maps {choices}; got {name!r}")
+        raise ValueError(f"{argument} must be one of the model's feature maps {choices}; got {shown(name)}")
     return name
 
 
@@ -151,7 +152,7 @@ def toggle_skip(gains: Mapping, resolution, switchable: Iterable[int]) -> dict[i
         resolution, is_whole = int(resolution), True
     if not is_whole or resolution not in switchable:
         allowed = ", ".join(map(str, switchable)) or "none (training cut them all)"
-        raise ValueError(f"skip resolution must be one of {allowed}; got {resolution!r}")
+        raise ValueError(f"skip resolution must be one of {allowed}; got {shown(resolution)}")
     gains = {int(r): float(g) for r, g in gains.items()}
     return {**gains, resolution: 1.0 if gains.get(resolution, 1.0) == 0.0 else 0.0}
 
@@ -162,7 +163,7 @@ def toggle_attention(off: Iterable[str], site, switchable: Iterable[str]) -> lis
     switchable = list(switchable)
     if not isinstance(site, str) or site not in switchable:
         raise ValueError(f"attention site must be one of {switchable or 'none (this model has no switchable attention)'}; "
-                         f"got {site!r}")
+                         f"got {shown(site)}")
     off = set(off)
     unknown = sorted(off - set(switchable))
     if unknown:
@@ -175,7 +176,7 @@ def toggle_time(time_off: bool, switchable: bool) -> bool:
     if not switchable:
         raise ValueError("time embedding cannot be switched: this model was trained without it")
     if not isinstance(time_off, bool):
-        raise ValueError(f"time_off must be true or false; got {time_off!r}")
+        raise ValueError(f"time_off must be true or false; got {shown(time_off)}")
     return not time_off
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import functools
 
+from types import SimpleNamespace
+
 import gradio as gr
 import torch
+from PIL import Image
 
+from explainer.delivery import LOSSLESS
 from explainer.checks import choice, model_named, shown, slider_sample, slider_step
 from explainer.sessions import has_run, kept_run
 from playground import feature_group, features_at
@@ -15,6 +19,7 @@ from playground.serving import side_by_side
 from playground.viz import (
     DIVERGING,
     RANGE_MODES,
+    SEQUENTIAL,
     channel_grid,
     colour_bar,
     mean_abs_map,
@@ -102,40 +107,58 @@ def features_after_run(registry, state, step, block, sample_index, range_mode):
     if not has_run(state):
         return tuple(gr.skip() for _ in range(FEATURE_OUTPUTS))  # B set up before the page's run ended: none to follow yet
     if not block:
-        return (None,) * (FEATURE_OUTPUTS - 1) + ("Pick a block (above, or in the architecture strip) to see its feature maps.",)
+        return (None,) * (FEATURE_OUTPUTS - 1) + ("Pick a block (above, or click one on the diagram) to see its feature maps.",)
     return view_features(registry, state, step, block, sample_index, range_mode)
 
 
 @functools.lru_cache(maxsize=1)
 def feature_legend():
-    """The same picture for every view: drawn once (matplotlib takes ~90 ms, half a feature view's time)."""
-    return colour_bar(-1, 1, DIVERGING, "channel value / its colour range (blue < 0 < red)")
-
-
-def architecture_choices(registry, model_a):
-    """One entry per block of the U-Net, in the order data flows: the block's output map (not its inner taps)."""
-    unet = model_named(registry, model_a, "model A").unet
-    blocks = {}
-    for name, shape in unet.feature_shapes().items():
-        if name.endswith((".update", ".backbone", ".skip")) or "samplers" in name:
-            continue
-        block = name if name == "conv_in" else ".".join(name.split(".")[:2]) if name.startswith(("down", "up")) else "mid_block"
-        blocks[block] = (name, shape)  # the last map of a block is its output
-    arrows = {"encoder": "↓", "bottleneck": "•", "decoder": "↑"}
-    choices = []
-    for block, (name, (c, h, w)) in blocks.items():
-        group = feature_group(name)
-        choices.append((f"{arrows.get(group, '')} {block.replace('_blocks', '').replace('_block', '')} {h}px·{c}ch", name))
-    return choices
-
-
-def architecture_strip(registry, model_a):
-    return gr.Radio(choices=architecture_choices(registry, model_a), value=None)
+    """The legends of both colour maps, side by side: the channels' diverging one and the mean |activation|'s
+    sequential one. The same picture for every view: drawn once (matplotlib takes ~90 ms, half a view's time)."""
+    channels = colour_bar(-1, 1, DIVERGING, "channel value / its colour range (blue < 0 < red)")
+    magnitude = colour_bar(0, 1, SEQUENTIAL, "mean |activation| / its max (in the caption)")
+    legend = Image.new("RGB", (channels.width + magnitude.width, max(channels.height, magnitude.height)), "white")
+    legend.paste(channels, (0, 0))
+    legend.paste(magnitude, (channels.width, 0))
+    return legend
 
 
 def open_block(registry, model_a, name):
-    """A click on the strip: that block in the feature-map dropdown (the chained view shows its maps)."""
-    names = [value for _, value in architecture_choices(registry, model_a)]
+    """A block clicked on the diagram: its map in the block dropdown (the chained view shows its maps)."""
+    names = model_named(registry, model_a, "model A").unet.feature_names
     if not isinstance(name, str) or name not in names:
-        raise ValueError(f"block must be one of the architecture strip's blocks {names}, got {shown(name)}")
+        raise ValueError(f"block must be one of the model's feature maps, e.g. {names[-1]!r}; got {shown(name)}")
     return name
+
+
+def build_features(registry, model_a) -> SimpleNamespace:
+    """The feature-map panel beside the pictures: a block's channels, mean |activation| and PCA-RGB for A and B."""
+    choices = block_choices(registry, model_a) if model_a else []
+    block = gr.Dropdown(choices, value=opening_block(choices), label="Block (or click one on the diagram)", elem_id="block")
+    pictures = []
+    for network in ("A", "B"):
+        gr.HTML(f'<div class="feature-row-title network-{network}">{network}: channels · mean |activation| · PCA → RGB</div>')
+        with gr.Row(elem_classes="feature-row"):
+            for view, scale in (("channels", 2), ("mean", 1), ("PCA", 1)):
+                pictures.append(gr.Image(type="pil", interactive=False, show_label=False, buttons=[], format=LOSSLESS,
+                                         scale=scale, min_width=60, container=False,
+                                         elem_id=f"feat-{network}-{view}", elem_classes="feature-picture"))
+    with gr.Row():
+        sample_index = gr.Slider(0, 3, value=0, step=1, label="Sample (or click one in A or B)", elem_id="sample-index",
+                                 min_width=140)
+        range_mode = gr.Dropdown(list(RANGE_MODES), value="block", label="Colour range", elem_id="range-mode", min_width=110,
+                                 info="per channel / block / every block")
+    legend = gr.Image(feature_legend(), type="pil", interactive=False, show_label=False, buttons=[], format=LOSSLESS,
+                      height=44, container=False, elem_id="legend")
+    caption = gr.Markdown(elem_id="feature-caption")
+    return SimpleNamespace(block=block, sample_index=sample_index, range_mode=range_mode, outputs=[*pictures, legend, caption])
+
+
+def block_clicked(registry, model_a, payload):
+    """A block clicked on the diagram (payload {"name": map}): its map in the block dropdown."""
+    return open_block(registry, model_a, payload.get("name"))
+
+
+def sample_clicked(registry, state, payload):
+    """A sample clicked in A or B (payload {"index": i}): the feature maps show that sample."""
+    return slider_sample(payload.get("index"), kept_run(state)["a"])

@@ -7,9 +7,11 @@ from __future__ import annotations
 import functools
 import textwrap
 
-import gradio as gr
-import torch
+from types import SimpleNamespace
 
+import gradio as gr
+
+from explainer.delivery import LOSSLESS
 from explainer.checks import slider_step
 from explainer.options import describe_timing
 from explainer.sessions import kept_run, options_in
@@ -24,26 +26,20 @@ from playground.evaluate import (
     skip_backbone_spectra,
 )
 from playground.viz import (
+    NETWORK_COLOURS,
     curves_figure,
     spectra_figure,
 )
 
+# beside every verdict of the digit classifier: a softmax saturates, so its confidence is no proof of a digit
+CLASSIFIER_CAVEAT = ("Classifier verdicts saturate: a blot or clipped noise can read as a confident digit, so check "
+                     "the pictures before trusting a number.")
 EPS_TIMESTEPS = (0, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 
 
-def render_numbers(registry, state):
-    """Per-step divergence of B from A, and what our classifier makes of both batches."""
+def verdicts(registry, state) -> str:
+    """What B is, how far its final images are from A's, and what our classifier makes of both batches."""
     a, b = state["a"], state["b"]
-    steps = torch.arange(1, len(a) + 1)
-    x0_drift, x_t_drift = (a.x0 - b.x0).abs().flatten(1).mean(1), (a.x_t[1:] - b.x_t[1:]).abs().flatten(1).mean(1)
-    # as the page opens (B = A) the curves lie flat at 0: say why, and what makes them move
-    identical = not (x0_drift.any() or x_t_drift.any())
-    figure = curves_figure(
-        {"mean |x̂0_A − x̂0_B|": (steps, x0_drift), "mean |x_t,A − x_t,B|": (steps, x_t_drift)},
-        "B is A here: switch a part of B off to see it drift" if identical else "How far B drifts from A during sampling",
-        "reverse-process step (noise → image)", "mean absolute difference (pixel units)",
-        logy=True,  # x̂0 at the noisiest steps amplifies ε̂ differences by 1/√ᾱ_t (~100x): a linear axis hides the rest
-    )
     timing = describe_timing(options_in(state))
     table = [f"**A** = `{state['model_a']}` intact · **B** = `{state['model_b']}` with {describe(state['ablation_b'])}"
              + (f" ({timing})" if timing else ""), "",
@@ -59,8 +55,8 @@ def render_numbers(registry, state):
             confidence, predicted = probabilities.max(1)
             seen = " ".join(f"{d}({c:.2f})" for d, c in zip(predicted.tolist(), confidence.tolist()))
             table.append(f"| {name} | {seen} | {confident_share(confidence):.0%} |")
-        table += _off_range_warnings(a, b)
-    return figure, "\n".join(table)
+        table += _off_range_warnings(a, b) + ["", f"*{CLASSIFIER_CAVEAT}*"]
+    return "\n".join(table)
 
 
 def not_digits(model) -> str:
@@ -104,7 +100,8 @@ def compute_numbers(registry, state, step, progress=gr.Progress()):
             "Denoising error per timestep (lower is better)"
     else:  # the held-out test images are MNIST digits: no ε-error to measure on them for another kind of image
         curves, title = {}, textwrap.fill(f"No ε-error: it is measured on held-out MNIST digits, and {not_digits(model)[:-1]}", 90)
-    eps_figure = curves_figure(curves, title, "timestep t (0 = clean, 999 = pure noise)", "mean (ε̂ − ε)²", logy=bool(curves))
+    eps_figure = curves_figure(curves, title, "timestep t (the reverse process runs left to right: 999 = pure noise → 0 = clean)",
+                               "mean (ε̂ − ε)²", logy=bool(curves), invert_x=True, colours=list(NETWORK_COLOURS.values()))
     panels = {}
     for label, key in (("A", "a"), ("B", "b")):
         spectra = skip_backbone_spectra(features_at(registry.get(state[f"model_{key}"]), state[key], step, 0))
@@ -113,3 +110,12 @@ def compute_numbers(registry, state, step, progress=gr.Progress()):
         panels[textwrap.shorten(title, 60, placeholder=" …")] = [s for join, s in spectra.items() if join.endswith("resnets.0")]
     spectrum_figure = spectra_figure(panels, f"Radially averaged power of skip vs backbone features (sample 0, step {step + 1})")
     return eps_figure, spectrum_figure
+
+
+def build_numbers() -> SimpleNamespace:
+    gr.Markdown("Measured on 128 held-out MNIST test digits (ε-error) and on sample 0 at the current step (spectra).")
+    button = gr.Button("Compute ε-error per timestep and spectra (a few seconds)", elem_id="numbers-button")
+    with gr.Row():
+        eps_plot = gr.Plot(format=LOSSLESS, label="ε-error per timestep", show_label=False, elem_id="eps-plot")
+        spectrum_plot = gr.Plot(format=LOSSLESS, label="Skip vs backbone spectra", show_label=False, elem_id="spectrum-plot")
+    return SimpleNamespace(button=button, outputs=[eps_plot, spectrum_plot])

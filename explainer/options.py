@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
+from types import SimpleNamespace
+
 import gradio as gr
 
 from explainer.checks import (
@@ -150,3 +152,36 @@ def freeu_preset_values(registry, model_a, model_b):
     backbone, low_freq = dict(preset.backbone_scale), dict(preset.skip_low_freq_scale)
     padded = list(resolutions) + [None] * (MAX_SKIP_SLIDERS - len(resolutions))
     return (*[backbone.get(r, 1.0) for r in padded], *[low_freq.get(r, 1.0) for r in padded])
+
+
+def build_options(resolutions) -> SimpleNamespace:
+    """The "B over time" tab: every control in it reruns B."""
+    with gr.Tab("t-window and timestep lie"):
+        gr.Markdown(WINDOW_HELP)
+        with gr.Row():
+            window_from = gr.Slider(0, T_LAST, value=0, step=1, label="Ablation window: from t", elem_id="window-from")
+            window_to = gr.Slider(0, T_LAST, value=T_LAST, step=1, label="Ablation window: to t", elem_id="window-to")
+            lie_mode = gr.Radio(list(LIE_MODES), value=LIE_MODES[0], label="Timestep lie", elem_id="lie-mode")
+            lie_value = gr.Slider(-T_LAST, T_LAST, value=300, step=1, label="Lie value", elem_id="lie-value")
+    with gr.Tab("FreeU"):
+        with gr.Row(equal_height=True):
+            gr.Markdown(FREEU_HELP)
+            preset = gr.Button("FreeU preset", size="sm", scale=0, min_width=130, elem_id="freeu-preset")
+        with gr.Row():
+            freeu_b = [gr.Slider(0, 3, value=1, step=0.05, elem_id=f"freeu-b-{i}", **per_resolution(resolutions, i, "FreeU b"))
+                       for i in range(MAX_SKIP_SLIDERS)]
+        with gr.Row():
+            freeu_s = [gr.Slider(0, 3, value=1, step=0.05, elem_id=f"freeu-s-{i}", **per_resolution(resolutions, i, "FreeU s"))
+                       for i in range(MAX_SKIP_SLIDERS)]
+    with gr.Tab("h-space"):
+        gr.Markdown(HSPACE_HELP)
+        with gr.Row():
+            h_on = gr.Checkbox(False, label="Add an h-space direction to B", elem_id="h-on")
+            probe_t = gr.Slider(0, T_LAST, value=500, step=1, label="Probe h-space at t", elem_id="probe-t")
+            component = gr.Slider(0, HSPACE_COMPONENTS - 1, value=0, step=1, label="Principal component", elem_id="h-component")
+        with gr.Row():
+            strength = gr.Slider(-10, 10, value=2, step=0.5, label="Strength (std devs)", elem_id="h-strength")
+            h_from = gr.Slider(0, T_LAST, value=0, step=1, label="h-space window: from t", elem_id="h-from")
+            h_to = gr.Slider(0, T_LAST, value=T_LAST, step=1, label="h-space window: to t", elem_id="h-to")
+    inputs = [window_from, window_to, lie_mode, lie_value, *freeu_b, *freeu_s, h_on, probe_t, component, strength, h_from, h_to]
+    return SimpleNamespace(inputs=inputs, freeu=[*freeu_b, *freeu_s], preset=preset)

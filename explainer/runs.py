@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import time
 
+from types import SimpleNamespace
+
 import gradio as gr
 
 from explainer.checks import (
     DIGIT_CHOICES,
+    MAX_BATCH,
+    SAME_AS_A,
     ablation_of,
     check_budget,
     finite,
@@ -19,11 +23,12 @@ from explainer.checks import (
     slider_step,
     timed,
 )
-from explainer.numbers import render_numbers
+from explainer.numbers import verdicts
 from explainer.options import b_settings, options_of, split_option_values, with_freeu
-from explainer.pictures import render_step
+from explainer.viewer import frames_payload
 from explainer.sessions import NO_OPTIONS, check_kept_run, has_run, options_in
 from playground import Ablation
+from playground.sampling import MAX_STEPS, SAMPLERS
 from playground.serving import (
     GENERATE_TURN_STEPS,
     NETWORK_THREAD,
@@ -31,7 +36,7 @@ from playground.serving import (
     side_by_side,
 )
 
-STEP_OUTPUTS, NUMBER_OUTPUTS = 10, 2  # render_step's pictures and caption; render_numbers' plot and table
+B_OUTPUTS = 3  # what a rerun of B returns: the session, the viewer's frames, the verdicts
 
 
 def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, batch, *rest, progress=gr.Progress()):
@@ -67,9 +72,8 @@ def generate(registry, model_a, model_b, digit, guidance, seed, sampler, steps, 
         b = finite(run_b(registry, a, a_model, b_model, ablation_b, shown_as("B: ablated network", settings.steps, total), options), "B")
     state = {"a": a, "b": b, "model_a": a_model.name, "model_b": b_model.name, "ablation_b": ablation_b, "options_b": options}
     prefetch_next(registry, state, b_model)
-    step = len(a)
-    return (state, gr.Slider(maximum=step, value=step), gr.Slider(maximum=max(settings.batch - 1, 1), value=0, interactive=settings.batch > 1),
-            *render_step(state, step), *render_numbers(registry, state))
+    return (state, frames_payload(a, b), gr.Slider(maximum=max(settings.batch - 1, 1), value=0, interactive=settings.batch > 1),
+            verdicts(registry, state))
 
 
 def generate_request(registry, model_a, model_b, digit, guidance, seed, sampler, steps, batch, *rest):
@@ -102,15 +106,14 @@ def rerun_b(registry, model_a, model_b, *rest, progress=gr.Progress()):
     options = options_in(state)
     ablation_b = with_freeu(ablation_of(b_model, skip_values, attention_off, time_off), options)
     if not has_run(state):
-        return (gr.skip(),) * (1 + STEP_OUTPUTS + NUMBER_OUTPUTS)
+        return (gr.skip(),) * B_OUTPUTS
     check_kept_run(state, a_model)
     slider_step(step, state["a"])  # checked before the run, not after a wasted one
     report = timed(time.monotonic(), lambda i, n: progress((i, n), desc="B: ablated network"))
     b = finite(run_b(registry, state["a"], a_model, b_model, ablation_b, report, options), "B")
     state = dict(state, b=b, model_b=b_model.name, ablation_b=ablation_b)
     prefetch_next(registry, state, b_model)
-    step = slider_step(step, b)
-    return (state, *render_step(state, step), *render_numbers(registry, state))
+    return (state, frames_payload(state["a"], b, step=slider_step(step, b)), verdicts(registry, state))
 
 
 def set_b_options(registry, model_a, model_b, *rest, progress=gr.Progress()):
@@ -119,7 +122,7 @@ def set_b_options(registry, model_a, model_b, *rest, progress=gr.Progress()):
     b_model = model_b_of(registry, model_a, model_b)
     options = options_of(b_model, *split_option_values(values))
     if not has_run(state):
-        return ({"options_b": options}, *[gr.skip()] * (STEP_OUTPUTS + NUMBER_OUTPUTS))
+        return ({"options_b": options}, *[gr.skip()] * (B_OUTPUTS - 1))
     a_model = model_named(registry, model_a, "model A")
     check_kept_run(state, a_model, b_model)
     step = slider_step(step, state["a"])
@@ -128,7 +131,7 @@ def set_b_options(registry, model_a, model_b, *rest, progress=gr.Progress()):
     b = finite(run_b(registry, state["a"], a_model, b_model, ablation_b, report, options), "B")
     state = dict(state, b=b, ablation_b=ablation_b, options_b=options)
     prefetch_next(registry, state, b_model)
-    return (state, *render_step(state, step), *render_numbers(registry, state))
+    return (state, frames_payload(state["a"], b, step=step), verdicts(registry, state))
 
 
 def run_b(registry, a, a_model, b_model, ablation_b, progress, options=NO_OPTIONS):
@@ -198,3 +201,25 @@ def guess_first_generate(registry, *controls):
     Generate, the Generate they set up is guessed."""
     if not has_run(controls[-1]):
         prefetch_generate(registry, *controls)
+
+
+def build_rail(models, default_a) -> SimpleNamespace:
+    """The run's controls, compact: what A and B are, what they draw, and Generate / Stop."""
+    model_a = gr.Dropdown(models, value=default_a, label="Model A (runs intact)", elem_id="model-a")
+    model_b = gr.Dropdown([SAME_AS_A] + models, value=SAME_AS_A, label="Network B", elem_id="model-b",
+                          info="A with B's switches, or another model (e.g. one trained without skips)")
+    digit = gr.Dropdown(DIGIT_CHOICES, value=DIGIT_CHOICES[1], label="Digit", elem_id="digit")
+    guidance = gr.Slider(0, 10, value=1.5, step=0.25, label="Guidance scale", elem_id="guidance")
+    with gr.Row():
+        # no `minimum`: Gradio would refuse −5 itself, in a sentence naming no control; checks.settings_of names it
+        seed = gr.Number(0, precision=0, label="Seed", elem_id="seed", min_width=90)
+        sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", elem_id="sampler", min_width=110)
+    with gr.Row():
+        steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps", min_width=100)
+        batch = gr.Slider(1, MAX_BATCH, value=4, step=1, label="Batch", elem_id="batch", min_width=100)
+    with gr.Row():
+        generate_button = gr.Button("Generate", variant="primary", elem_id="generate", min_width=100)
+        stop_button = gr.Button("Stop", variant="stop", elem_id="stop", min_width=70, scale=0)
+    return SimpleNamespace(model_a=model_a, model_b=model_b, digit=digit, guidance=guidance, seed=seed, sampler=sampler,
+                           steps=steps, batch=batch, generate=generate_button, stop=stop_button,
+                           inputs=[model_a, model_b, digit, guidance, seed, sampler, steps, batch])

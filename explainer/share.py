@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from types import SimpleNamespace
+
 import gradio as gr
 
 from explainer.checks import (
@@ -20,7 +22,7 @@ from explainer.checks import (
     shown,
     window_of,
 )
-from explainer.features import architecture_strip, block_dropdown
+from explainer.features import block_dropdown
 from explainer.options import (
     HSPACE_COMPONENTS,
     LIE_MODES,
@@ -29,7 +31,7 @@ from explainer.options import (
     freeu_sliders,
     options_of,
 )
-from explainer.pictures import IMAGE_PX
+
 from playground.exports import write_frames, write_gif, write_tensors
 from explainer.sessions import has_run, kept_run, options_in
 from explainer.switches import ablation_controls, trained_note
@@ -38,11 +40,12 @@ from playground.sampling import MAX_STEPS, Window
 from playground.setup import LESSONS, PlaygroundSetup
 
 EXPORT_CHOICES = ("A", "B")
+IMAGE_PX = 84  # height of one 28-pixel sample in an exported GIF or PNG frame
 
 
 # every control a setup sets: the 8 run controls, skips, attention, time, B's options, what follows its model (the
-# trained note, the block dropdown, the architecture strip), the session and the lesson note
-SETUP_OUTPUTS = 8 + MAX_SKIP_SLIDERS + 2 + OPTION_COUNT + 3 + 2
+# trained note, the block dropdown), the session and the lesson note
+SETUP_OUTPUTS = 8 + MAX_SKIP_SLIDERS + 2 + OPTION_COUNT + 2 + 2
 
 
 def _digit_of(label):
@@ -116,7 +119,7 @@ def _setup_controls(registry, setup: PlaygroundSetup):
         *freeu_sliders(resolutions, "s", gains["skip_low_freq_scale"]),
         recipe is not None, options["h_edit"].probe_t if recipe else 500, options["h_edit"].component if recipe else 0,
         options["h_edit"].strength if recipe else 2.0, h_window.t_min, h_window.t_max,
-        trained_note(model), block_dropdown(registry, model.name), architecture_strip(registry, model.name),
+        trained_note(model), block_dropdown(registry, model.name),
         {"options_b": options},
     )
 
@@ -153,11 +156,59 @@ def _lesson_setup(registry, key, model_a):
                    digit=setup.digit if model.null_label is not None else None)
 
 
+def lesson_question(lesson) -> str:
+    """A lesson picked: its question, to answer before the run reveals it."""
+    item = LESSONS[choice(lesson, "lesson", list(LESSONS))]
+    return f"**Predict first.** {item.question}\n\nThen press **Reveal** to run it."
+
+
 def apply_lesson(registry, lesson, model_a):
-    """A lesson preset -> every control and its explanation, then a Generate (chained) runs it."""
+    """A lesson revealed -> every control and what to look for, then a Generate (chained) runs it."""
     choice(lesson, "lesson", list(LESSONS))
     setup = _lesson_setup(registry, lesson, model_a)
-    return (*_setup_controls(registry, setup), f"**{LESSONS[lesson].title}.** {LESSONS[lesson].explanation}")
+    item = LESSONS[lesson]
+    return (*_setup_controls(registry, setup), f"**{item.title}.** {item.question}\n\n**What to look for.** {item.explanation}")
+
+
+# Copies the page's address with the shown setup in it (?setup=...): opening it reproduces this run
+COPY_LINK_JS = """(setup) => {
+  const link = location.origin + location.pathname + (setup ? '?setup=' + encodeURIComponent(setup) : '');
+  navigator.clipboard?.writeText(link);
+  const button = document.querySelector('#copy-link');
+  if (button) { button.dataset.link = link; button.textContent = 'Link copied'; setTimeout(() => button.textContent = 'Copy link', 1500); }
+}"""
+
+
+def build_lessons() -> SimpleNamespace:
+    with gr.Row():
+        lesson = gr.Dropdown([(item.title, key) for key, item in LESSONS.items()], value=None, label="Lesson",
+                             elem_id="lesson", scale=2, info="one question each: predict, then reveal")
+        reveal = gr.Button("Reveal: run it", elem_id="lesson-reveal", scale=1, variant="secondary")
+    note = gr.Markdown(elem_id="lesson-note")
+    return SimpleNamespace(lesson=lesson, reveal=reveal, note=note)
+
+
+def build_share() -> SimpleNamespace:
+    gr.Markdown("The setup of the last run as JSON: copy it, paste one back and press **Apply setup**, pass it "
+                "to the CLIs (`--setup file.json`), or open the app with `?setup=<url-encoded JSON>` or "
+                "`?lesson=skips|attention|time`. A setup holds one model and one digit (or none): B as another "
+                "model and the cycling digits are not part of it.")
+    setup_box = gr.Textbox(label="Setup (JSON)", lines=6, max_lines=24, elem_id="setup-json")
+    with gr.Row():
+        apply_button = gr.Button("Apply setup", elem_id="apply-setup")
+        copy_link = gr.Button("Copy link", elem_id="copy-link")
+    with gr.Row():
+        export_which = gr.Radio(list(EXPORT_CHOICES), value="A", label="Network", elem_id="export-which")
+        tensors_button = gr.Button("Download tensors (.safetensors)", elem_id="tensors-button")
+        frames_button = gr.Button("PNG frames of x̂0 (.zip)", elem_id="frames-button")
+    with gr.Row():
+        gif_which = gr.Radio(["x̂0 (predicted clean image)", "x_t (noisy input)"], value="x̂0 (predicted clean image)",
+                             label="Animate network A's trajectory", elem_id="gif-which")
+        gif_button = gr.Button("Make GIF", elem_id="gif-button")
+    export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+    return SimpleNamespace(setup_box=setup_box, apply_button=apply_button, copy_link=copy_link, export_which=export_which,
+                           tensors_button=tensors_button, frames_button=frames_button, gif_which=gif_which,
+                           gif_button=gif_button, export_file=export_file)
 
 
 def open_from_query(registry, model_a, request: gr.Request):

@@ -89,12 +89,15 @@ class WindowSweep:
 
 def window_sweep(model: DiffusionModel, settings: SampleSettings, ablation: Ablation, windows: int = 10, *,
                  classifier: DigitClassifier | None = None, intact: Trajectory | None = None,
-                 with_full_run: bool = True, progress=None) -> WindowSweep:
+                 with_full_run: bool = True, progress=None, seconds: float | None = None) -> WindowSweep:
     """Apply `ablation` in each of `windows` consecutive t-windows; measure the change of the final samples.
 
     settings: sampler, steps, seed, batch, digit and guidance (its own ablation and window are ignored).
     intact: the intact trajectory if the caller has it already (it must match `settings`), else it is sampled.
     progress(done, total) counts model steps over the whole sweep.
+    seconds: a time budget: a window (or the run at every step) that would not finish within it, at the pace of the
+    steps so far, is left out, and so is every one after it: the sweep then holds the first windows, in the order the
+    reverse process meets them, so a slow host gets a shorter answer instead of none.
     """
     if not isinstance(ablation, Ablation) or ablation.is_intact:
         raise ValueError("ablation must be an Ablation that changes something (Ablation() has nothing to sweep)")
@@ -114,11 +117,22 @@ def window_sweep(model: DiffusionModel, settings: SampleSettings, ablation: Abla
     if intact is None:
         intact = sample(model, base, advance)
         done += base.steps
+    def fits(steps: int) -> bool:
+        """Whether `steps` more model steps, at the pace so far, end within the budget."""
+        if seconds is None or done == 0:
+            return True
+        elapsed = time.perf_counter() - started
+        return elapsed + elapsed / done * steps <= seconds
+
     finals = []
     for window, first in zip(spans, first_steps):
+        if finals and not fits(base.steps - first):  # the first window always runs: a sweep of none says nothing
+            break
         run = sample(model, replace(base, ablation=ablation, ablation_window=window), advance, reuse=intact)
         finals.append(run.final)
         done += base.steps - first
+    spans = spans[:len(finals)]
+    with_full_run = with_full_run and len(finals) == windows and fits(base.steps)
     finals = torch.stack(finals)  # (n, B, C, H, W)
     shown = intact.final.clamp(-1, 1)
     change = (finals.clamp(-1, 1) - shown).abs().flatten(1).mean(1)  # (n,)
@@ -244,21 +258,23 @@ def digit_decision(classifier: DigitClassifier, trajectory: Trajectory, confiden
                          decided_steps(per_step, final_class, confidence), confidence)
 
 
-def decision_figure(decisions: DigitDecision | Mapping[str, DigitDecision], title: str = ""):
+def decision_figure(decisions: DigitDecision | Mapping[str, DigitDecision], title: str = "", colours: list[str] | None = None):
     """Left: mean entropy of the classifier's reading of x̂0 over t. Right: share of samples already decided.
 
-    One curve per run (e.g. A intact, B ablated); t runs from large to small as in the reverse process.
+    One curve per run (e.g. A intact, B ablated), in `colours` if given; t runs from large to small as in the
+    reverse process.
     """
     if isinstance(decisions, DigitDecision):
         decisions = {"run": decisions}
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.3), dpi=100)
-    for label, decision in decisions.items():
+    for i, (label, decision) in enumerate(decisions.items()):
+        colour = colours[i] if colours else None
         t = decision.timesteps.tolist()
-        left.plot(t, decision.entropy.mean(1).tolist(), label=label, linewidth=1.6)
+        left.plot(t, decision.entropy.mean(1).tolist(), label=label, linewidth=1.6, color=colour)
         steps = torch.arange(len(t))[:, None]
         decided = decision.decided_step[None]
         share = ((decided >= 0) & (decided <= steps)).double().mean(1)  # (S,) decided by step i
-        right.plot(t, share.tolist(), label=label, linewidth=1.6)
+        right.plot(t, share.tolist(), label=label, linewidth=1.6, color=colour)
     left.set_ylabel("classifier entropy of x̂0 (0 = sure, 1 = clueless)", fontsize=8)
     right.set_ylabel(f"share of samples whose digit is decided (p > {next(iter(decisions.values())).confidence:g})", fontsize=8)
     for ax in (left, right):

@@ -199,9 +199,12 @@ def _from_mapping(kind, data, name: str):
 
 @dataclass(frozen=True)
 class Lesson:
+    """A question to predict before the run (`question`), the setup that answers it, and what to look for after."""
+
     title: str
     explanation: str
     setup: PlaygroundSetup
+    question: str
 
 
 _FLAGSHIP_RESOLUTIONS = (28, 14, 7)
@@ -218,21 +221,28 @@ LESSONS: dict[str, Lesson] = {
         "across, and what is lost? When do skips matter? The literature says at small t, where fine detail is "
         "drawn; find out for this model: press the window sweep and see in which windows of t switching "
         "the skips off changes the digit.",
-        PlaygroundSetup(digit=3, seed=0, ablation=Ablation(skip_scale={r: 0.0 for r in _FLAGSHIP_RESOLUTIONS})),
+        # batch 4: few enough samples to look at each one
+        PlaygroundSetup(digit=3, seed=0, batch=4, ablation=Ablation(skip_scale={r: 0.0 for r in _FLAGSHIP_RESOLUTIONS})),
+        "Every skip is switched off, at 28×28, 14×14 and 7×7: the decoder gets only what the bottleneck kept. "
+        "What will B draw for the digit 3: a blurred 3, a sharp 3, another digit, or no digit at all?",
     ),
     "what attention does": Lesson(
         "What attention does",
         "Every self-attention layer is bypassed: each position sees only its convolutional neighbourhood. "
         "Watch whether strokes far apart still belong to one digit, and at which t the samples drift from "
         "the intact run.",
-        PlaygroundSetup(digit=8, seed=0, ablation=Ablation(attention_off=_FLAGSHIP_ATTENTION)),
+        PlaygroundSetup(digit=8, seed=0, batch=4, ablation=Ablation(attention_off=_FLAGSHIP_ATTENTION)),
+        "Every attention layer is switched off. An 8 has two loops far apart: will B still close both, "
+        "and will its samples stay near A's?",
     ),
     "what time conditioning does": Lesson(
         "What time conditioning does",
         "The time embedding is replaced by zeros: the network no longer knows how noisy its input is, so "
         "it must guess the noise level from the image. Then try a timestep lie (tell it t' = t + 300) to see "
         "ε̂ mis-scaled and x̂0 over- or under-denoised while the scheduler still steps at the true t.",
-        PlaygroundSetup(digit=5, seed=0, ablation=Ablation(time_embedding_off=True)),
+        PlaygroundSetup(digit=5, seed=0, batch=4, ablation=Ablation(time_embedding_off=True)),
+        "B no longer knows the timestep: it must tell how noisy x_t is from the picture alone. Will it still "
+        "draw a clean 5, and at which steps will its x̂0 be furthest from A's?",
     ),
 }
 

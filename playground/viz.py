@@ -23,6 +23,8 @@ from PIL import Image  # noqa: E402
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "magma"
 RANGE_MODES = ("channel", "block", "global")
+# A and B keep one colour each in every picture title, curve and plot of the app
+NETWORK_COLOURS = {"A": "#2563eb", "B": "#ea580c"}
 
 
 @lru_cache(maxsize=None)
@@ -192,11 +194,12 @@ def _log_y(ax) -> None:
     ax.yaxis.set_minor_locator(NullLocator())  # unlabelled minor ticks cost ~20 ms of a redraw to lay out
 
 
-def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str, logy: bool = False, invert_x: bool = False):
-    """One line per label: curves[label] = (x values, y values). Returns a matplotlib Figure."""
+def curves_figure(curves: dict[str, tuple], title: str, xlabel: str, ylabel: str, logy: bool = False, invert_x: bool = False,
+                  colours: list[str] | None = None):
+    """One line per label: curves[label] = (x values, y values), in `colours` if given. Returns a matplotlib Figure."""
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    for label, (x, y) in curves.items():
-        ax.plot(_as_numpy(x), _as_numpy(y), label=label, linewidth=1.6)
+    for i, (label, (x, y)) in enumerate(curves.items()):
+        ax.plot(_as_numpy(x), _as_numpy(y), label=label, linewidth=1.6, color=colours[i] if colours else None)
     # a title at a fixed height: left to matplotlib, placing it measures every tick label first (~15 ms)
     ax.set_title(title, fontsize=10, y=1.0)
     ax.set_xlabel(xlabel)

@@ -1,6 +1,7 @@
 """The app: handlers called directly, then the real server driven through gradio_client."""
 
 import contextvars
+import functools
 import inspect
 import os
 import threading
@@ -22,7 +23,7 @@ from explainer import features  # noqa: E402
 from explainer import numbers  # noqa: E402
 from explainer import options  # noqa: E402
 from explainer import page  # noqa: E402
-from explainer import pictures  # noqa: E402
+from explainer import sessions  # noqa: E402
 from explainer import runs  # noqa: E402
 from explainer import share  # noqa: E402
 from explainer import switches  # noqa: E402
@@ -75,11 +76,10 @@ def test_generate_keeps_both_trajectories_in_the_session_state(registry):
     assert state["a"].x0.shape == (8, 2, 1, 28, 28) and state["b"].x0.shape == (8, 2, 1, 28, 28)
 
 
-def test_intact_b_equals_a_and_the_drift_plot_says_why_it_is_flat(registry):
-    state, *_ = run_generate(registry)
-    assert (state["a"].final == state["b"].final).all()
-    drift, _ = numbers.render_numbers(registry, state)
-    assert drift.axes[0].get_title() == "B is A here: switch a part of B off to see it drift"
+def test_intact_b_is_a_and_its_frames_say_so(registry):
+    state, frames, *_ = run_generate(registry)
+    assert state["b"] is state["a"]
+    assert frames["b_is_a"] and "b" not in frames["sheets"]
 
 
 def test_an_ablation_changes_b_but_not_a(registry):
@@ -87,8 +87,8 @@ def test_an_ablation_changes_b_but_not_a(registry):
     ablated, *_ = run_generate(registry, skips=(0, 1))
     assert (intact["a"].final == ablated["a"].final).all()
     assert not (intact["b"].final == ablated["b"].final).all()
-    drift, _ = numbers.render_numbers(registry, ablated)
-    assert drift.axes[0].get_title() == "How far B drifts from A during sampling"
+    _, frames, *_ = run_generate(registry, skips=(0, 1))
+    assert not frames["b_is_a"] and max(frames["drift"]["x0"]) > 0
 
 
 def record_sampling_threads(monkeypatch):
@@ -298,24 +298,6 @@ def test_networks_run_on_one_thread_whoever_asks_with_the_askers_context():
     assert sorted(visitor for *_, visitor in answers) == ["visitor 0", "visitor 1", "visitor 2"]
 
 
-def test_scrub_renders_every_step_without_calling_the_model(registry, monkeypatch):
-    state, *_ = run_generate(registry)
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the model was called while scrubbing")
-    monkeypatch.setattr(registry.get("tiny").unet, "forward", forbidden)
-    for step in range(0, len(state["a"]) + 1):
-        *shown, caption = pictures.scrub(state, step)
-        assert len(shown) == 9 and all(p.size[0] > 0 for p in shown)
-        assert ("finished sample" in caption) == (step == len(state["a"]))
-        assert "Each grid holds the 2 samples" in caption
-
-
-def test_the_step_caption_counts_one_sample_in_the_singular(registry):
-    state, *_ = run_generate(registry, steps=2, batch=1)
-    *_, caption = pictures.scrub(state, 1)
-    assert "Each grid holds the one sample, (B, 1, 28, 28)" in caption
-
-
 def test_rerun_b_keeps_a_and_applies_the_new_ablation(registry):
     state, *_ = run_generate(registry)
     new_state, *_ = runs.rerun_b(registry, "tiny", checks.SAME_AS_A, 1, 1, 1, 1, 1, [SITE], False, state, 3, progress=NoProgress())
@@ -355,18 +337,24 @@ def test_b_is_not_rerun_against_a_run_of_another_model_a(registry):
                                            progress=NoProgress())
 
 
+def handler_of(fn):
+    """The panel function an event runs, out of its wrappers (user_errors, the network thread, the registry)."""
+    handler = inspect.unwrap(fn.fn)
+    return getattr(handler, "func", handler)
+
+
 def test_a_model_picked_for_b_reruns_b_and_one_for_a_is_guessed_once_the_panel_fits_it(tiny_weights):
     demo = page.build_demo(tiny_weights, prefetch=False)
     by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
 
     def chained_after_the_panel(selector):
         panel = [fn for fn in demo.fns.values() if (selector._id, "input") in fn.targets
-                 and inspect.unwrap(fn.fn).func is switches.ablation_panel]
+                 and handler_of(fn) is switches.ablation_panel]
         assert len(panel) == 1
-        return [inspect.unwrap(fn.fn).func for fn in demo.fns.values() if fn.trigger_after == panel[0]._id]
+        return [handler_of(fn) for fn in demo.fns.values() if fn.trigger_after == panel[0]._id]
 
-    assert chained_after_the_panel(by_id["model-b"]) == [runs.rerun_b]
-    assert chained_after_the_panel(by_id["model-a"]) == [runs.guess_generate]
+    assert chained_after_the_panel(by_id["model-b"]) == [page.switches.diagram_of, sessions.supersede_runs]
+    assert chained_after_the_panel(by_id["model-a"]) == [page.switches.diagram_of, runs.guess_generate]
 
 
 def test_feature_view_shows_three_views_for_a_and_b_with_a_caption(registry):
@@ -483,12 +471,12 @@ def test_the_numbers_warn_when_a_run_has_left_the_data_range_and_only_then(regis
     import dataclasses
 
     state, *_ = run_generate(registry)
-    _, table = numbers.render_numbers(registry, state)
+    table = numbers.verdicts(registry, state)
     assert "far outside the data range" not in table  # an ordinary run: no warning
     x_t = state["b"].x_t.clone()
     x_t[-1, 0, 0, 0, 0] = -530.0  # one pixel of one final image, as a diverged ablation leaves them
     diverged = dict(state, b=dataclasses.replace(state["b"], x_t=x_t))
-    _, table = numbers.render_numbers(registry, diverged)
+    table = numbers.verdicts(registry, diverged)
     assert "**B's final images reach |x| = 530**" in table and "A's final images" not in table
     assert "| B |" in table  # the classifier's row is still shown, with the warning beside it
 
@@ -526,7 +514,7 @@ def test_bad_generate_inputs_raise_a_plain_gr_error(registry, bad):
 
 
 @pytest.mark.parametrize("handler, args", [
-    (pictures.scrub, (None, 3)),
+    (functools.partial(features.sample_clicked, None), (None, {"index": 0})),
     (share.export_gif, (None, "x̂0 (predicted clean image)")),
 ])
 def test_views_before_any_run_say_there_is_none_yet(handler, args):
@@ -540,7 +528,7 @@ def test_before_the_first_run_an_ablation_change_waits_for_it_without_an_error(r
     skips_28_off = [0] + [1] * (checks.MAX_SKIP_SLIDERS - 1)
     outputs = checks.user_errors(runs.rerun_b)(registry, "tiny", checks.SAME_AS_A, *skips_28_off, [SITE], False, None, 50,
                                            progress=NoProgress())
-    assert len(outputs) == 1 + runs.STEP_OUTPUTS + runs.NUMBER_OUTPUTS
+    assert len(outputs) == runs.B_OUTPUTS
     assert all(isinstance(output, type(gr.skip())) for output in outputs)
     with pytest.raises(gr.Error, match="skip"):  # a bad value is still refused at once
         checks.user_errors(runs.rerun_b)(registry, "tiny", checks.SAME_AS_A, 7, *skips_28_off[1:], [], False, None, 50,
@@ -594,21 +582,18 @@ def test_the_served_queue_looks_for_events_every_few_milliseconds(tiny_weights):
 
 def test_every_event_is_listed_in_the_api(served):
     endpoints = Client(served, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/generate", "/ablate", "/scrub", "/features", "/numbers", "/gif"} <= set(endpoints)
+    assert {"/generate", "/ablate", "/features", "/numbers", "/gif"} <= set(endpoints)
+    assert "/scrub" not in endpoints  # a run's frames come with it: the page scrubs without the server
 
 
-def test_client_generates_scrubs_ablates_and_views_features(served):
+def test_client_generates_ablates_and_views_features(served):
     client = Client(served, verbose=False)
-    generated = client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 6, 2, 1, 1, 1, 1, 1, [], False, api_name="/generate")
-    assert "**A** = `tiny` intact · **B** = `tiny` with nothing switched off" in generated[-1]
-    scrubbed = client.predict(2, api_name="/scrub")
-    assert "step 3 of 6" in scrubbed[-1]
-    # a scrub files its pictures itself (delivery.pictures_filed): at the last step they are the Generate's, which Gradio's
-    # own postprocessing filed, to the pixel and losslessly
-    def served(paths):
-        return [(Image.open(path).format, Image.open(path).convert("RGB").tobytes()) for path in paths]
-    assert served(client.predict(6, api_name="/scrub")[:9]) == served(generated[2:11])
-    assert {image_format for image_format, _ in served(scrubbed[:9])} == {"PNG"}
+    frames, _, verdicts = client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 6, 2, 1, 1, 1, 1, 1, [], False,
+                                         api_name="/generate")
+    assert "**A** = `tiny` intact · **B** = `tiny` with nothing switched off" in verdicts
+    # every step's pictures come with the run, as PNG sheets the page draws from
+    assert frames["steps"] == 6 and frames["step"] == 6 and len(frames["timesteps"]) == 6
+    assert frames["sheets"]["a"]["x0"].startswith("data:image/png;base64,")
     ablated = client.predict("tiny", checks.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 2, api_name="/ablate")
     assert "skips at 28×28 × 0" in ablated[-1]
     features = client.predict(2, "mid_block.attentions.0", 0, "global", api_name="/features")
@@ -630,10 +615,11 @@ def test_network_events_draw_their_figures_on_the_network_thread(served, monkeyp
         return real_drawn(value)
 
     monkeypatch.setattr(delivery, "drawn", recording_drawn)
-    *_, drift, numbers = Client(served, verbose=False).predict(
-        "tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 0, 1, 1, 1, 1, [], False, api_name="/generate")
-    assert threads == ["networks_0"]
-    assert drift["type"] == "matplotlib" and drift["plot"].startswith("data:image/png;base64,")
+    client = Client(served, verbose=False)
+    client.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 0, 1, 1, 1, 1, [], False, api_name="/generate")
+    eps_error, spectra = client.predict(2, api_name="/numbers")
+    assert threads == ["networks_0", "networks_0"]
+    assert eps_error["type"] == "matplotlib" and eps_error["plot"].startswith("data:image/png;base64,")
 
 
 def test_a_drawn_figure_is_a_png_for_gr_plot_and_is_closed():
@@ -648,14 +634,14 @@ def test_a_drawn_figure_is_a_png_for_gr_plot_and_is_closed():
 
 def test_an_ablation_change_before_any_generate_is_no_error(served):
     outputs = Client(served, verbose=False).predict("tiny", checks.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 8, api_name="/ablate")
-    assert all(output == {"__type__": "update"} for output in outputs)  # every output left as it is: nothing ran yet
+    assert all(output["__type__"] == "update" and len(output.get("props", {})) <= 1 for output in outputs)  # nothing ran yet
 
 
 def test_sessions_do_not_share_state(served):
     first, second = Client(served, verbose=False), Client(served, verbose=False)
     first.predict("tiny", checks.SAME_AS_A, "3", 3, 0, "ddim", 4, 1, 1, 1, 1, 1, 1, [], False, api_name="/generate")
     with pytest.raises(AppError, match="No run yet"):
-        second.predict(1, api_name="/scrub")
+        second.predict(1, "mid_block.attentions.0", 0, "block", api_name="/features")
 
 
 def test_bad_input_is_an_error_and_the_server_still_answers(served):
@@ -677,7 +663,7 @@ def test_a_view_sent_before_a_shorter_run_shows_that_run_instead_of_an_error(ser
     features = client.predict(50, "mid_block.attentions.0", 3, "global", api_name="/features")
     assert "`mid_block.attentions.0`" in features[-1] and "t = 0 ·" in features[-1]  # the last of 8 DDIM steps
     ablated = client.predict("tiny", checks.SAME_AS_A, 0, 1, 1, 1, 1, [], False, 50, api_name="/ablate")
-    assert "finished sample" in ablated[-3] and "skips at 28×28 × 0" in ablated[-1]
+    assert ablated[0]["step"] == 8 and "skips at 28×28 × 0" in ablated[-1]
     # a value no run can have is still refused, by name
     with pytest.raises(AppError, match="step must be"):
         client.predict(5000, "mid_block.attentions.0", 0, "global", api_name="/features")
@@ -838,19 +824,16 @@ def test_exports_write_safetensors_and_a_zip_of_png_frames(registry):
         assert len(names) == 5 and archive.read(names[0])[:4] == b"\x89PNG"
 
 
-def test_the_architecture_strip_lists_every_block_in_order_and_opens_one(registry):
-    choices = features.architecture_choices(registry, "tiny")
-    labels = [label for label, _ in choices]
-    assert labels[0].startswith("↓ conv_in") and any(label.startswith("• mid") for label in labels) and labels[-1].startswith("↑ up.1")
-    assert features.open_block(registry, "tiny", "mid_block.resnets.1") == "mid_block.resnets.1"
-    with pytest.raises(gr.Error, match="architecture strip"):
-        checks.user_errors(features.open_block)(registry, "tiny", "mid_block.resnets.1.update")
+def test_a_block_opens_by_its_map_name_and_an_unknown_one_is_refused(registry):
+    assert features.block_clicked(registry, "tiny", {"name": "mid_block.resnets.1"}) == "mid_block.resnets.1"
+    with pytest.raises(gr.Error, match="block must be one of the model's feature maps"):
+        checks.user_errors(features.block_clicked)(registry, "tiny", {"name": "mid_block.resnets.9"})
 
 
 def test_the_new_events_are_listed_in_the_api(served):
     endpoints = Client(served, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/b_options", "/freeu_preset", "/sweep", "/digit_decides", "/apply_setup", "/lesson", "/export_tensors",
-            "/export_frames", "/open_block", "/architecture", "/options_panel"} <= set(endpoints)
+            "/export_frames", "/lesson_question", "/options_panel"} <= set(endpoints)
 
 
 def test_client_windows_b_sweeps_reads_digits_shares_and_exports(served):
@@ -871,12 +854,11 @@ def test_client_windows_b_sweeps_reads_digits_shares_and_exports(served):
 
 
 def test_a_setup_brings_what_follows_its_model_the_trained_note_and_the_block_lists(registry):
-    *_, note, dropdown, strip, _, _ = share.apply_setup(registry, '{"model": "tiny-noskip"}')
+    *_, note, dropdown, _, _ = share.apply_setup(registry, '{"model": "tiny-noskip"}')
     assert "*trained* with skips at 28×28 × 0" in note
-    assert [choice[1] for choice in strip.choices] == [value for _, value in features.architecture_choices(registry, "tiny-noskip")]
     assert [choice[1] for choice in dropdown.choices] == [value for _, value in features.block_choices(registry, "tiny-noskip")]
     assert dropdown.value == features.OPENING_BLOCK  # the page's first maps, as a plain page opens on
-    *_, note, _, _, _, _ = share.apply_setup(registry, '{"model": "tiny"}')
+    *_, note, _, _, _ = share.apply_setup(registry, '{"model": "tiny"}')
     assert note == ""  # the note of a model trained without skips does not stay once another is set up
 
 
@@ -891,7 +873,10 @@ def test_the_controls_are_built_for_the_default_model_and_a_page_opens_in_one_ev
     assert by_id["block"].value == features.OPENING_BLOCK
     loads = [fn for fn in demo.fns.values() if (demo._id, "load") in fn.targets]
     after_load = [fn for fn in demo.fns.values() if fn.trigger_after in {load._id for load in loads}]
-    assert len(loads) == 1 and [inspect.unwrap(fn.fn).func for fn in after_load] == [runs.generate]
+    assert len(loads) == 1 and [handler_of(fn) for fn in after_load] == [sessions.supersede_runs]
+    # then the run itself: the old one (none yet) is stopped first, as for every run
+    after_supersede = [fn for fn in demo.fns.values() if fn.trigger_after == after_load[0]._id]
+    assert [handler_of(fn) for fn in after_supersede] == [runs.generate]
 
 
 def test_old_exports_of_every_kind_are_pruned(registry):
@@ -982,5 +967,5 @@ def test_events_off_the_network_thread_form_no_openmp_team(registry, tiny_weight
     assert _forms_an_openmp_team(share.export_gif, state, "x̂0 (predicted clean image)")  # the check sees a team
 
     events = {fn.api_name: fn.fn for fn in page.build_demo(tiny_weights).fns.values()}
-    inputs = {"scrub": (state, 3), "gif": (state, "x̂0 (predicted clean image)"), "export_frames": (state, "A"), "export_tensors": (state, "B")}
+    inputs = {"gif": (state, "x̂0 (predicted clean image)"), "export_frames": (state, "A"), "export_tensors": (state, "B")}
     assert {name: _forms_an_openmp_team(events[name], *args) for name, args in inputs.items()} == dict.fromkeys(inputs, False)

@@ -294,6 +294,14 @@ def test_a_window_sweep_equals_running_each_window_from_scratch(model, classifie
     assert isinstance(sweep_figure({"skips off": sweep}), Figure)
 
 
+def test_a_window_sweep_out_of_time_keeps_the_windows_it_ran_first(model, classifier):
+    settings = SampleSettings(steps=6, seed=5, batch=2, label=7)
+    whole = window_sweep(model, settings, SKIPS_OFF, 3, classifier=classifier)
+    cut = window_sweep(model, settings, SKIPS_OFF, 3, classifier=classifier, seconds=0.0)  # spent after the first window
+    assert cut.windows == whole.windows[:1] and cut.change.shape == (1,) and len(cut.quality) == 1
+    assert torch.equal(cut.finals[0], whole.finals[0]) and cut.full_change is None
+
+
 def test_a_window_sweep_reuses_a_given_intact_run_and_reports_progress(model):
     settings = SampleSettings(steps=6, seed=5, batch=2)
     intact = sample(model, settings)

@@ -46,8 +46,9 @@ def test_generate_runs_and_the_classifier_steps_aside_with_a_sentence(generated)
     assert "digits our classifier sees" not in numbers
 
 
-def test_scrub_ablate_and_features_work_at_every_level(client, generated):
-    assert "step 3 of 6" in client.predict(2, api_name="/scrub")[-1]
+def test_frames_ablate_and_features_work_at_every_level(client, generated):
+    frames = generated[0]
+    assert frames["channels"] == 3 and frames["steps"] == 6 and frames["grid"]["tile"] == [32, 32]
     skips_off_at_32 = [0] + SKIPS_ON[1:]
     ablated = client.predict("rgb", checks.SAME_AS_A, *skips_off_at_32, [], False, 5, api_name="/ablate")
     assert "skips at 32×32 × 0" in ablated[-1]

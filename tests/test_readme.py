@@ -190,7 +190,7 @@ def test_the_space_card_and_screenshots():
     assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
     assert f"gradio=={card['sdk_version']}\n" in (ROOT / "requirements.txt").read_text()  # the Space runs the tested Gradio
     shots = re.findall(r"!\[([^\]]+)\]\((docs/screenshot-[^)]+\.png)\)", text)
-    assert len(shots) == 3 and all(len(alt) > 40 and (ROOT / path).is_file() for alt, path in shots)
+    assert len(shots) >= 3 and all(len(alt) > 40 and (ROOT / path).is_file() for alt, path in shots)
 
 
 def test_the_heldout_digits_the_readme_names_are_shipped():

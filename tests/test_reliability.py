@@ -25,7 +25,6 @@ from explainer import checks  # noqa: E402
 from explainer import features  # noqa: E402
 from explainer import numbers  # noqa: E402
 from explainer import options  # noqa: E402
-from explainer import pictures  # noqa: E402
 from explainer import share  # noqa: E402
 from explainer import page  # noqa: E402
 from explainer import runs  # noqa: E402
@@ -271,12 +270,11 @@ def _cases():
             cases.append((f"view_features-{name}-{i}", "view_features",
                           lambda state, name=name, value=value: [state, *(feature_defaults | {name: value}).values()], says))
     for i, value in enumerate(RERUN_B["step"][0]):
-        cases.append((f"scrub-step-{i}", "scrub", lambda state, value=value: [state, value], "step"))
         cases.append((f"compute_numbers-step-{i}", "compute_numbers", lambda state, value=value: [state, value], "step"))
     for i, value in enumerate(NOT_A_NAME + ["x0", "x̂0"]):
         cases.append((f"export_gif-which-{i}", "export_gif", lambda state, value=value: [state, value], "animation"))
     for i, value in enumerate(NOT_A_SESSION):
-        for handler, rest in [("scrub", [1]), ("view_features", [1, "mid_block.attentions.0", 0, "block"]),
+        for handler, rest in [("view_features", [1, "mid_block.attentions.0", 0, "block"]),
                               ("compute_numbers", [1]), ("export_gif", ["x_t (noisy input)"])]:
             cases.append((f"{handler}-session-{i}", handler, lambda state, v=value, r=rest: [v, *r], "No run yet"))
     for i, value in enumerate(NOT_A_NAME):
@@ -355,29 +353,40 @@ def _explore_cases():
     for i, value in enumerate(NOT_A_NAME):
         cases.append((f"apply_lesson-model_a-{i}", "apply_lesson", lambda state, v=value: ["what skips do", v], "model A"))
         cases.append((f"open_block-model_a-{i}", "open_block", lambda state, v=value: [v, "mid_block.resnets.1"], "model A"))
-        cases.append((f"architecture_strip-model_a-{i}", "architecture_strip", lambda state, v=value: [v], "model A"))
         cases.append((f"options_panel-model_a-{i}", "options_panel", lambda state, v=value: [v, checks.SAME_AS_A], "model A"))
         cases.append((f"freeu_preset_values-model_a-{i}", "freeu_preset_values", lambda state, v=value: [v, checks.SAME_AS_A], "model A"))
         cases.append((f"generate-after-a-setup-model_a-{i}", "generate",  # a setup applied, then its Generate
                       lambda state, v=value: [*_generate_arguments(model_a=v)[:-1], {"options_b": sessions.NO_OPTIONS}], "model A"))
-    for i, value in enumerate(NOT_A_NAME + ["mid_block.resnets.1.update", "up_blocks.0.resnets.0.skip", "mid_block"]):
+    for i, value in enumerate(NOT_A_NAME + ["mid_block.resnets.1.update", "mid_block"]):
         cases.append((f"open_block-block-{i}", "open_block", lambda state, v=value: ["tiny", v], "block"))
+        cases.append((f"block_clicked-name-{i}", "block_clicked", lambda state, v=value: ["tiny", {"name": v}], "block"))
+    # the diagram's clicks: their payloads come from the page, so anything may arrive
+    switches_now = [1.0] * checks.MAX_SKIP_SLIDERS + [[], False, "mid_block.attentions.0"]
+    for i, value in enumerate([99, "28x", None, True, 28.5, [28], "1e9"]):
+        cases.append((f"click_skip-resolution-{i}", "click_skip",
+                      lambda state, v=value: ["tiny", checks.SAME_AS_A, *switches_now, {"resolution": v}], "skip resolution"))
+    for i, value in enumerate(NOT_A_NAME + ["mid_block.resnets.0"]):
+        cases.append((f"click_attention-site-{i}", "click_attention",
+                      lambda state, v=value: ["tiny", checks.SAME_AS_A, *switches_now, {"site": v}], "attention site"))
+    for i, value in enumerate([-1, 10**9, "0", None, 0.5, True]):
+        cases.append((f"sample_clicked-index-{i}", "sample_clicked", lambda state, v=value: [state, {"index": v}], "sample"))
     for i, value in enumerate(GENERATE["model_b"][0]):
         cases.append((f"options_panel-model_b-{i}", "options_panel", lambda state, v=value: ["tiny", v], "network B"))
     return cases
 
 
 CASES = _cases()
-PANELS = (runs, features, numbers, options, pictures, share, switches, when)
+PANELS = (runs, features, numbers, options, share, switches, when)
 NEEDS_REGISTRY = {"generate", "rerun_b", "view_features", "compute_numbers", "ablation_panel", "block_dropdown",
                   "set_b_options", "sweep_ablation", "digit_decides", "current_setup", "apply_setup", "apply_lesson",
-                  "open_from_query", "open_block", "architecture_strip", "options_panel", "freeu_preset_values"}
+                  "open_from_query", "open_block", "options_panel", "freeu_preset_values", "block_clicked", "click_skip",
+                  "click_attention", "sample_clicked"}
 TAKES_PROGRESS = {"generate", "rerun_b", "compute_numbers", "set_b_options", "sweep_ablation"}
 
 
 def test_there_are_hundreds_of_hostile_cases_covering_every_handler():
     assert len(CASES) >= 200
-    assert {handler for _, handler, _, _ in CASES} == NEEDS_REGISTRY | {"scrub", "export_gif", "export_tensors", "export_frames"}
+    assert {handler for _, handler, _, _ in CASES} == NEEDS_REGISTRY | {"export_gif", "export_tensors", "export_frames"}
 
 
 @pytest.fixture(scope="module")
@@ -517,8 +526,8 @@ LIVE_CASES = [
     ("/generate", _generate_arguments(skip_0=-1)[:-1]),
     ("/generate", _generate_arguments(steps=None)[:-1]),
     ("/generate", _generate_arguments(batch="4")[:-1]),
-    ("/scrub", [1]),  # before Generate
-    ("/scrub", [10**9]),
+    ("/features", [1, "mid_block.attentions.0", 0, "block"]),  # before Generate
+    ("/features", [10**9, "mid_block.attentions.0", 0, "block"]),
     ("/features", [1, "\u202emid_block", 0, "block"]),
     ("/features", [1, "mid_block.attentions.0", 0, "rainbow"]),
     ("/gif", ["x̂0"]),
@@ -534,7 +543,6 @@ LIVE_CASES = [
     ("/lesson", ["../../etc/passwd", "tiny"]),
     ("/export_tensors", ["C"]),
     ("/export_frames", ["A"]),  # before Generate
-    ("/open_block", ["tiny", "t" * 100_000]),
 ]
 
 
@@ -546,7 +554,7 @@ def test_hostile_requests_through_the_server_are_refused_and_it_still_serves(ser
             client.predict(*arguments, api_name=api_name)
     result = client.predict(*GOOD_GENERATE, api_name="/generate")
     assert "Mean |A − B|" in result[-1]
-    assert "step 2 of 3" in client.predict(1, api_name="/scrub")[-1]
+    assert "t = " in client.predict(1, "mid_block.attentions.0", 0, "block", api_name="/features")[-1]
 
 
 def _sessions_holding_trajectories(demo):
