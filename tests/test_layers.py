@@ -52,7 +52,7 @@ def test_the_library_has_no_import_circles():
     assert import_circles(graph) == set()
 
 
-CLIS = ["card", "classifier", "evaluate", "sample", "soup", "study", "sweep", "train", "train_family"]
+CLIS = ["card", "classifier", "evaluate", "probes", "sample", "soup", "study", "sweep", "train", "train_family"]
 
 
 @pytest.mark.parametrize("cli", CLIS)
@@ -67,12 +67,21 @@ def test_every_cli_says_what_each_option_does_and_its_default(cli, monkeypatch):
     main = importlib.import_module(f"playground.{cli}").main
     with pytest.raises(SystemExit):
         main([])
-    parser = parsers[0]
-    text = "".join(parser.format_help().split())  # argparse wraps lines anywhere, inside a default too
+    for parser in with_subcommands(parsers[0]):
+        text = "".join(parser.format_help().split())  # argparse wraps lines anywhere, inside a default too
+        for action in parser._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{parser.prog} {action.option_strings or action.dest} says nothing of what it does"
+            if action.default not in (None, False) and action.option_strings and "default" not in action.help:
+                assert "".join(f"(default: {action.default})".split()) in text, f"{parser.prog} {action.option_strings}"
+        assert "(default:None)" not in text
+
+
+def with_subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and those of its subcommands (`probes train`, `probes show`), whose options its help does not list."""
+    found = [parser]
     for action in parser._actions:
-        if action.dest == "help":
-            continue
-        assert action.help, f"{cli} {action.option_strings or action.dest} says nothing of what it does"
-        if action.default not in (None, False) and action.option_strings and "default" not in action.help:
-            assert "".join(f"(default: {action.default})".split()) in text, f"{cli} {action.option_strings}"
-    assert "(default:None)" not in text
+        if isinstance(action, argparse._SubParsersAction):
+            found += [sub for choice in action.choices.values() for sub in with_subcommands(choice)]
+    return found
