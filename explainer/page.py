@@ -13,7 +13,7 @@ import os
 
 import gradio as gr
 
-from explainer import features, numbers, options, runs, share, sessions, switches, when
+from explainer import features, numbers, options, probing, runs, share, sessions, switches, when
 from explainer.checks import UserError, user_errors
 from explainer.delivery import figures_drawn, pictures_filed, receiving_event, unless_superseded
 from explainer.diagram import build_diagram
@@ -77,6 +77,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 sweep = when.build_sweep()
             with gr.Tab("When does the digit decide?", elem_id="tab-decide"):
                 decides = when.build_decides()
+            with gr.Tab("What each block knows", elem_id="tab-probes"):
+                probes = probing.build_probes()
             with gr.Tab("Share and export", elem_id="tab-share"):
                 sharing = share.build_share()
 
@@ -182,6 +184,9 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                            **dict(model_run, js=None, show_progress_on=sweep.outputs)))
         run_events.append(decides.button.click(networked(when.digit_decides), [state, maps.sample_index], decides.outputs, api_name="digit_decides",
                              **dict(model_run, js=None, show_progress_on=decides.outputs), **reads_run_sliders))
+        run_events.append(probes.button.click(unless_superseded(networked(probing.read_probes), 3), [state, maps.sample_index],
+                                              probes.outputs, api_name="probes",
+                                              **dict(model_run, js=None, show_progress_on=probes.outputs), **reads_run_sliders))
         setup_outputs = [*controls, *panel.inputs, *b_options.inputs, panel.note, maps.block, state, lessons.note]
         then_generate = dict(api_name=False, **generate_event)
 

@@ -35,6 +35,7 @@ class ModelRegistry:
         self._models: dict[str, DiffusionModel] = {}
         self._errors: dict[str, str] = {}
         self._classifier: DigitClassifier | None = None
+        self._probes: dict[str, object] = {}
         self._heldout: tuple[torch.Tensor, torch.Tensor] | None = None
         self.names = sorted(
             p.name for p in self.root.iterdir() if p.is_dir() and (p / "model_index.json").is_file()
@@ -91,6 +92,23 @@ class ModelRegistry:
     def classifier_for(self, model: DiffusionModel):
         """Our digit classifier where its verdicts mean something, on models that draw MNIST-shaped images; else None."""
         return self.classifier() if model.image_shape == DIGIT_SHAPE else None
+
+    def probes_for(self, model: DiffusionModel):
+        """The linear probes shipped beside a model (`<model>/probes`, playground.probes), or None if it has none.
+        A broken probes folder is an error about the probes, not the model: the model still serves."""
+        from .probes import LinearProbes  # the probes' own imports (matplotlib figures) are no part of loading models
+
+        folder = self.root / model.name / "probes"
+        key = f"{model.name}/probes"
+        with self._lock:
+            if key not in self._probes and key not in self._errors and folder.is_dir():
+                try:
+                    self._probes[key] = LinearProbes.load(folder)
+                except Exception as error:
+                    self._errors[key] = self._public_message(error)
+            if key in self._errors:
+                raise ValueError(f"probes of {model.name!r} failed to load: {self._errors[key]}")
+            return self._probes.get(key)
 
     def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out MNIST test digits shipped with the library (for ε-error in the app)."""

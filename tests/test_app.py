@@ -969,3 +969,28 @@ def test_events_off_the_network_thread_form_no_openmp_team(registry, tiny_weight
     events = {fn.api_name: fn.fn for fn in page.build_demo(tiny_weights).fns.values()}
     inputs = {"gif": (state, "x̂0 (predicted clean image)"), "export_frames": (state, "A"), "export_tensors": (state, "B")}
     assert {name: _forms_an_openmp_team(events[name], *args) for name, args in inputs.items()} == dict.fromkeys(inputs, False)
+
+
+def test_the_probes_read_a_run_where_a_model_has_them_and_say_so_where_not(tmp_path, tiny_weights):
+    import shutil
+
+    from explainer import probing
+    from playground.data import load_mnist
+    from playground.probes import train_probes
+    from helpers import MNIST_SLICE
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    registry = ModelRegistry(weights)
+    state, *_ = run_generate(registry, steps=3, batch=2)
+    with pytest.raises(gr.Error, match="probes: `tiny` has no linear probes"):
+        checks.user_errors(probing.read_probes)(registry, state, 0, progress=NoProgress())
+
+    images, labels = load_mnist(MNIST_SLICE, "test")
+    train_probes(registry.get("tiny"), (images[:48], labels[:48]), (images[48:], labels[48:]), timesteps=(0, 999),
+                 batch_size=32).save(weights / "tiny" / "probes")
+    registry = ModelRegistry(weights)
+    ablated, *_ = run_generate(registry, skips=(0, 1), steps=3, batch=2)
+    accuracy, reading, table = probing.read_probes(registry, ablated, 1, progress=NoProgress())
+    assert accuracy.axes and len(reading.axes) >= 2
+    assert "Sample 1." in table and "| A reads, last step | B reads, last step |" in table
