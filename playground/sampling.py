@@ -15,6 +15,8 @@ Three interventions act on chosen steps only, so one can ask *when* a part of th
 `sample(..., reuse=intact)` copies the steps before the first intervened step from an earlier
 trajectory instead of recomputing them (they are identical), and replays the scheduler over them. The same
 goes on from a run stopped part-way (`should_stop`): `TrajectoryCache` keeps such a run and resumes it.
+`sample(..., start=x_t, start_t=t)` begins at a given sample instead of seeded noise (a noised or inverted image,
+`playground/inversion.py`): the run takes its schedule's steps from t on.
 """
 
 from __future__ import annotations
@@ -287,6 +289,21 @@ def class_labels(model: DiffusionModel, settings: SampleSettings) -> torch.Tenso
     return torch.tensor(labels, dtype=torch.long)
 
 
+def conditioning(model: DiffusionModel, labels: torch.Tensor | None, guidance: float) -> tuple[torch.Tensor | None, bool]:
+    """(the labels one U-Net call gets, whether it is guided). Guided: [conditional | null label], both halves in one
+    batch, so (2B,); samples without a digit are never guided, so a batch of null labels runs once."""
+    guided = labels is not None and guidance != 1.0 and bool((labels != model.null_label).any())
+    if guided:
+        return torch.cat([labels, torch.full_like(labels, model.null_label)]), True
+    return labels, False
+
+
+def guided_eps(eps: torch.Tensor, guidance: float) -> torch.Tensor:
+    """(2B, C, H, W) ε̂ of a guided call -> (B, C, H, W) ε̂_∅ + w·(ε̂_y − ε̂_∅)."""
+    eps_cond, eps_uncond = eps.chunk(2)
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
 @dataclass(frozen=True)
 class _StepCall:
     """What the model gets at one step besides x_t: the told timestep, the ablation, the h-space shift."""
@@ -331,7 +348,8 @@ def _steps_to_copy(model: DiffusionModel, settings: SampleSettings, reuse: Traje
 
 @torch.inference_mode()
 def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, reuse: Trajectory | None = None,
-           stop_after: int | None = None, should_stop=None) -> Trajectory:
+           stop_after: int | None = None, should_stop=None, start: torch.Tensor | None = None,
+           start_t: int | None = None) -> Trajectory:
     """Run the reverse process and keep every step. `progress(i, steps)` is called after each step.
 
     reuse: an earlier trajectory of the same model, sampler, steps, seed, batch, label and guidance
@@ -341,23 +359,24 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
     holds steps 0..stop_after only, and its `final` is the next step's input, not a finished sample.
     should_stop: called before each step is computed; True stops the run there, as `stop_after` would (the
     trajectory holds the steps done, possibly none, and `complete` is False).
+    start: (B, C, H, W) the sample to begin from instead of the seeded noise, lying at timestep `start_t` (default:
+    the schedule's first), which must be one of the schedule's; the trajectory then holds the steps from `start_t` on
+    (step indices, `capture_steps` and `stop_after` count from there). DDIM continues exactly as the full run would
+    from there; DPM-Solver++ starts its multistep history afresh, DDPM its noise draws. Not with `reuse`.
     """
     scheduler = make_scheduler(model, settings.sampler, settings.steps)
     unet = model.unet
-    x = model.to_unet(initial_noise(model, settings))
-    labels = class_labels(model, settings)
-    guided = labels is not None and settings.guidance != 1.0 and bool((labels != model.null_label).any())
-    if guided:
-        # one forward for both halves: [conditional | unconditional]
-        model_labels = torch.cat([labels, torch.full_like(labels, model.null_label)])
+    if start is None and start_t is None:
+        x, timesteps = model.to_unet(initial_noise(model, settings)), scheduler.timesteps
     else:
-        model_labels = labels
+        x, timesteps = _started(model, settings, scheduler.timesteps, start, start_t, reuse)
+    labels = class_labels(model, settings)
+    model_labels, guided = conditioning(model, labels, settings.guidance)
     if model_labels is not None:
         model_labels = model_labels.to(x.device)
     # DDPM adds fresh noise at every step: draw it from its own seeded generator
     step_kwargs = {"generator": torch.Generator().manual_seed(settings.seed + 1)} if settings.sampler == "ddpm" else {}
 
-    timesteps = scheduler.timesteps
     steps = len(timesteps)
     num_train_timesteps = scheduler.config.num_train_timesteps
     calls = _step_calls(settings, timesteps, num_train_timesteps)
@@ -396,10 +415,7 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
         model_input = torch.cat([x, x]) if guided else x
         out = unet(model_input, told[i], model_labels, ablation=call.ablation, capture_features=i in capture,
                    bottleneck_shift=None if call.h_edit is None else shift)
-        eps = out.sample
-        if guided:
-            eps_cond, eps_uncond = eps.chunk(2)
-            eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
+        eps = guided_eps(out.sample, settings.guidance) if guided else out.sample
         if i in capture:  # keep the conditional half only; a view would pin the doubled batch in memory
             features[i] = {name: f[: settings.batch].clone() if guided else f for name, f in out.features.items()}
         noise_coefficient, scale = x0_coefficients[i]
@@ -417,6 +433,26 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
     if end < steps:
         timesteps, x_t, eps_all, x0_all = timesteps[:end], x_t[:end + 1].clone(), eps_all[:end].clone(), x0_all[:end].clone()
     return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features, complete=end == steps)
+
+
+def _started(model: DiffusionModel, settings: SampleSettings, timesteps: torch.Tensor, start: torch.Tensor,
+             start_t: int | None, reuse: Trajectory | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample`'s start checked: (x on the U-Net's device, the timesteps from start_t on); ValueError naming the argument."""
+    if start is None:
+        raise ValueError("start_t: given without start, the sample that lies at that timestep")
+    if reuse is not None:
+        raise ValueError("reuse: a run with a given start has no earlier run to copy steps from")
+    shape = (settings.batch, *model.image_shape)
+    if not isinstance(start, torch.Tensor) or tuple(start.shape) != shape:
+        raise ValueError(f"start must be a tensor of shape {shape} (settings.batch, C, H, W), got {getattr(start, 'shape', start)!r}")
+    if not torch.isfinite(start).all():
+        raise ValueError("start must be finite")
+    schedule = timesteps.tolist()
+    start_t = schedule[0] if start_t is None else start_t
+    if isinstance(start_t, bool) or start_t not in schedule:
+        raise ValueError(f"start_t must be one of the {settings.steps}-step {settings.sampler} schedule's timesteps "
+                         f"(from {schedule[0]} down to {schedule[-1]}, e.g. {schedule[:3]}), got {start_t!r}")
+    return model.to_unet(start), timesteps[schedule.index(start_t):]
 
 
 class TrajectoryCache:
