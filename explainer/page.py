@@ -13,7 +13,7 @@ import os
 
 import gradio as gr
 
-from explainer import features, numbers, options, probing, runs, share, sessions, switches, when
+from explainer import features, filtering, numbers, options, probing, runs, share, sessions, switches, when
 from explainer.checks import UserError, user_errors
 from explainer.delivery import figures_drawn, pictures_filed, receiving_event, unless_superseded
 from explainer.diagram import build_diagram
@@ -77,6 +77,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 sweep = when.build_sweep()
             with gr.Tab("When does the digit decide?", elem_id="tab-decide"):
                 decides = when.build_decides()
+            with gr.Tab("Filter at a pixel", elem_id="tab-filter"):
+                pixel_filter = filtering.build_filter()
             with gr.Tab("What each block knows", elem_id="tab-probes"):
                 probes = probing.build_probes()
             with gr.Tab("Share and export", elem_id="tab-share"):
@@ -169,6 +171,9 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
 
         # the feature maps: a block from the dropdown or the diagram, the step from the viewer, a sample clicked
         viewer.step(api_name=False, **show_features)
+        # a click on a sample: its filter at the clicked pixel, and its feature maps
+        viewer.sample(receiving_event(networked(filtering.filter_at_pixel), 1), state, pixel_filter.outputs, api_name=False,
+                      **view_events)
         viewer.sample(receiving_event(bound(features.sample_clicked), 1), state, maps.sample_index, api_name=False,
                       **reads_run_sliders).success(api_name=False, **show_features)
         for trigger in (maps.block.input, maps.sample_index.input, maps.range_mode.input):

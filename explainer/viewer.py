@@ -384,9 +384,13 @@ for (const net of ['a', 'b']) {
     if (!run) return;
     const {columns, pad, tile: [tileWidth, tileHeight]} = run.p.grid, [width, height] = run.p.sheet.frame;
     const box = event.currentTarget.getBoundingClientRect();
-    const column = Math.min(Math.floor((event.clientX - box.left) / box.width * width / (tileWidth + pad)), columns - 1);
-    const index = Math.floor((event.clientY - box.top) / box.height * height / (tileHeight + pad)) * columns + column;
-    if (index >= 0 && index < run.p.batch) trigger('sample', {index, step: position});
+    const x = (event.clientX - box.left) / box.width * width, y = (event.clientY - box.top) / box.height * height;
+    const column = Math.min(Math.floor(x / (tileWidth + pad)), columns - 1), line = Math.floor(y / (tileHeight + pad));
+    const index = line * columns + column;
+    // the pixel inside that sample, for the filter at a pixel (a click on the padding takes the nearest pixel)
+    const col = Math.min(Math.max(Math.floor(x - column * (tileWidth + pad)), 0), tileWidth - 1);
+    const row = Math.min(Math.max(Math.floor(y - line * (tileHeight + pad)), 0), tileHeight - 1);
+    if (index >= 0 && index < run.p.batch) trigger('sample', {index, step: position, row, col, net});
   });
 }
 new ResizeObserver(() => { if (run) { fitCanvases(); draw(); } }).observe(pick('.uv-stage'));

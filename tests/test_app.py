@@ -994,3 +994,14 @@ def test_the_probes_read_a_run_where_a_model_has_them_and_say_so_where_not(tmp_p
     accuracy, reading, table = probing.read_probes(registry, ablated, 1, progress=NoProgress())
     assert accuracy.axes and len(reading.axes) >= 2
     assert "Sample 1." in table and "| A reads, last step | B reads, last step |" in table
+
+
+def test_a_clicked_pixel_shows_its_filter_for_a_and_b_and_a_pixel_off_the_image_is_refused(registry):
+    from explainer import filtering
+
+    state, *_ = run_generate(registry, skips=(0, 1), steps=4, batch=2)
+    filter_a, filter_b, note = filtering.filter_at_pixel(registry, state, {"index": 1, "step": 4, "row": 14, "col": 9})
+    assert filter_a.axes and filter_b.axes
+    assert "pixel (14, 9), step 4 (t = " in note and "B **" in note  # the finished sample: the last step's filter
+    with pytest.raises(gr.Error, match="pixel row must be from 0 to 27"):
+        checks.user_errors(filtering.filter_at_pixel)(registry, state, {"index": 0, "step": 1, "row": 28, "col": 0})

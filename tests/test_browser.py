@@ -317,3 +317,23 @@ def test_lesson_window_lie_freeu_hspace_sweep_decision_export_and_query_setup_in
         expect(page.locator(".toast-body").first).to_contain_text("setup", timeout=60_000)
         wait_for_run(page, expect)
         browser.close()
+
+
+@needs_chromium
+def test_a_pixel_clicked_in_b_shows_its_filter_and_opens_that_sample(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser, page = open_browser(p, height=1400)
+        page.goto(server, wait_until="domcontentloaded")
+        wait_for_run(page, expect)
+        page.get_by_role("tab", name="Filter at a pixel").click()
+        page.locator("#viewer figure[data-net=b] canvas").scroll_into_view_if_needed()
+        canvas = page.locator("#viewer figure[data-net=b] canvas").bounding_box()
+        # the bottom-right sample of the 2×2 grid, near its centre
+        page.mouse.click(canvas["x"] + canvas["width"] * 0.75, canvas["y"] + canvas["height"] * 0.75)
+        expect(page.locator("#filter-note")).to_contain_text("Filter width", timeout=30_000)
+        expect(page.locator("#filter-a img")).to_be_visible()
+        expect(page.get_by_label("number input for Sample (or click one in A or B)")).to_have_value("3")
+        assert toasts(page) == []
+        browser.close()
