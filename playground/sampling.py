@@ -15,6 +15,7 @@ Three interventions act on chosen steps only, so one can ask *when* a part of th
 `sample(..., reuse=intact)` copies the steps before the first intervened step from an earlier
 trajectory instead of recomputing them (they are identical), and replays the scheduler over them. The same
 goes on from a run stopped part-way (`should_stop`): `TrajectoryCache` keeps such a run and resumes it.
+`sample(..., patches=)` puts given feature maps into chosen steps' forwards (activation patching, patching.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
+
 import torch
 
 from .ablation import Ablation
@@ -250,6 +253,7 @@ class Trajectory:
     x0: torch.Tensor
     features: dict[int, dict[str, torch.Tensor]]
     complete: bool = True  # False: stopped part-way (stop_after, should_stop); `final` is the next step's input
+    patched_from: int | None = None  # the first step whose forward got patched maps: no longer `settings`' own run
 
     @property
     def final(self) -> torch.Tensor:
@@ -269,6 +273,16 @@ def initial_noise(model: DiffusionModel, settings: SampleSettings) -> torch.Tens
     """The seeded starting noise (B, C, H, W): same seed and shape, same noise, whatever the model."""
     generator = torch.Generator().manual_seed(settings.seed)
     return torch.randn((settings.batch, *model.image_shape), generator=generator)
+
+
+def guided_labels(model: DiffusionModel, settings: SampleSettings) -> tuple[torch.Tensor | None, bool]:
+    """(the labels of the batch the model gets at every step, whether it is guided). Guided, it is the doubled batch
+    [conditional | unconditional], (2B,): both halves of classifier-free guidance go through one forward."""
+    labels = class_labels(model, settings)
+    guided = labels is not None and settings.guidance != 1.0 and bool((labels != model.null_label).any())
+    if guided:
+        labels = torch.cat([labels, torch.full_like(labels, model.null_label)])
+    return labels, guided
 
 
 def class_labels(model: DiffusionModel, settings: SampleSettings) -> torch.Tensor | None:
@@ -314,6 +328,8 @@ def _reusable_steps(model: DiffusionModel, settings: SampleSettings, calls: list
             raise ValueError(f"reuse: the trajectory was sampled with a different {name} "
                              f"({getattr(reuse.settings, name)!r}, not {getattr(settings, name)!r})")
     reused_calls = _step_calls(reuse.settings, reuse.timesteps, num_train_timesteps)
+    if reuse.patched_from is not None:
+        reused_calls = reused_calls[:reuse.patched_from]
     steps = 0
     while steps < min(len(calls), len(reused_calls)) and calls[steps] == reused_calls[steps] and (
             steps not in settings.capture_steps or steps in reuse.features):
@@ -331,7 +347,8 @@ def _steps_to_copy(model: DiffusionModel, settings: SampleSettings, reuse: Traje
 
 @torch.inference_mode()
 def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, reuse: Trajectory | None = None,
-           stop_after: int | None = None, should_stop=None) -> Trajectory:
+           stop_after: int | None = None, should_stop=None,
+           patches: Mapping[int, Mapping[str, torch.Tensor]] | None = None) -> Trajectory:
     """Run the reverse process and keep every step. `progress(i, steps)` is called after each step.
 
     reuse: an earlier trajectory of the same model, sampler, steps, seed, batch, label and guidance
@@ -341,17 +358,14 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
     holds steps 0..stop_after only, and its `final` is the next step's input, not a finished sample.
     should_stop: called before each step is computed; True stops the run there, as `stop_after` would (the
     trajectory holds the steps done, possibly none, and `complete` is False).
+    patches: step index -> {feature name -> tensor of the model's batch, (2B, C, h, w) when guided (see
+    `guided_labels`)} put in place of those maps in that step's forward (`PlaygroundUNet.forward(patch=)`). The
+    trajectory's `patched_from` says from which step it is no longer the run of `settings`.
     """
     scheduler = make_scheduler(model, settings.sampler, settings.steps)
     unet = model.unet
     x = model.to_unet(initial_noise(model, settings))
-    labels = class_labels(model, settings)
-    guided = labels is not None and settings.guidance != 1.0 and bool((labels != model.null_label).any())
-    if guided:
-        # one forward for both halves: [conditional | unconditional]
-        model_labels = torch.cat([labels, torch.full_like(labels, model.null_label)])
-    else:
-        model_labels = labels
+    model_labels, guided = guided_labels(model, settings)
     if model_labels is not None:
         model_labels = model_labels.to(x.device)
     # DDPM adds fresh noise at every step: draw it from its own seeded generator
@@ -379,6 +393,12 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
         raise ValueError(f"stop_after must be a step index from 0 to {steps - 1}, got {stop_after!r}")
     end = steps if stop_after is None else stop_after + 1
     first = 0 if reuse is None else min(end, _reusable_steps(model, settings, calls, reuse, num_train_timesteps))
+    patched_from = None
+    if patches:
+        if any(not 0 <= i < steps for i in patches):
+            raise ValueError(f"patches: step indices must be from 0 to {steps - 1}, got {sorted(patches)}")
+        patched_from = min(patches)
+        first = min(first, patched_from)
     if first:
         x_t[:first], eps_all[:first], x0_all[:first] = reuse.x_t[:first], reuse.eps[:first], reuse.x0[:first]
         features = {i: reuse.features[i] for i in capture if i < first}
@@ -395,7 +415,7 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
         x_t[i] = x
         model_input = torch.cat([x, x]) if guided else x
         out = unet(model_input, told[i], model_labels, ablation=call.ablation, capture_features=i in capture,
-                   bottleneck_shift=None if call.h_edit is None else shift)
+                   bottleneck_shift=None if call.h_edit is None else shift, patch=None if patches is None else patches.get(i))
         eps = out.sample
         if guided:
             eps_cond, eps_uncond = eps.chunk(2)
@@ -416,7 +436,8 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
         raise FloatingPointError("the reverse process produced NaN or infinite values")
     if end < steps:
         timesteps, x_t, eps_all, x0_all = timesteps[:end], x_t[:end + 1].clone(), eps_all[:end].clone(), x0_all[:end].clone()
-    return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features, complete=end == steps)
+    return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features, complete=end == steps,
+                      patched_from=patched_from)
 
 
 class TrajectoryCache:

@@ -52,7 +52,7 @@ def test_the_library_has_no_import_circles():
     assert import_circles(graph) == set()
 
 
-CLIS = ["card", "classifier", "evaluate", "sample", "soup", "study", "sweep", "train", "train_family"]
+CLIS = ["card", "classifier", "evaluate", "patch", "sample", "soup", "study", "sweep", "train", "train_family"]
 
 
 @pytest.mark.parametrize("cli", CLIS)
