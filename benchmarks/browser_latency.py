@@ -133,6 +133,7 @@ def main():
                 timed = tab.evaluate_handle(SCRUB_TIMED)
                 scrubber.press("ArrowLeft")
                 scrub_ms.append(tab.evaluate("promise => promise", timed))
+            print("scrub measured", file=sys.stderr, flush=True)
             rows.append(("scrub (p95; median)", f"{percentile(scrub_ms, 0.95):.1f}; {statistics.median(scrub_ms):.1f}", "no event"))
 
             views, clock = [], HandlerClock(demo, features.view_features)
@@ -148,6 +149,7 @@ def main():
                     raise SystemExit("feature view: the channel grid never changed")
                 views.append((browser_ms, clock.booked_ms(count, booked, "feature view")))
                 tab.wait_for_timeout(200)
+            print("feature views measured", file=sys.stderr, flush=True)
             rows.append(("feature view (a block clicked on the diagram)", *(f"{statistics.median(v):.0f}" for v in zip(*views))))
 
             for name, handler, act in (
@@ -168,6 +170,7 @@ def main():
                     if browser_ms < 0:
                         raise SystemExit(f"{name}: the viewer never drew a new run")
                     timings.append((browser_ms, clock.booked_ms(count, booked, name)))
+                    print(name, i, timings[-1], file=sys.stderr, flush=True)
                 rows.append((name, *(f"{statistics.median(v):.0f}" for v in zip(*timings))))
             browser.close()
     finally:

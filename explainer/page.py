@@ -13,7 +13,7 @@ import os
 
 import gradio as gr
 
-from explainer import features, filtering, numbers, options, probing, runs, share, sessions, switches, when
+from explainer import features, filtering, numbers, options, patches, probing, runs, share, sessions, switches, when
 from explainer.checks import UserError, user_errors
 from explainer.delivery import figures_drawn, pictures_filed, receiving_event, unless_superseded
 from explainer.diagram import build_diagram
@@ -77,6 +77,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 sweep = when.build_sweep()
             with gr.Tab("When does the digit decide?", elem_id="tab-decide"):
                 decides = when.build_decides()
+            with gr.Tab("Patch A into B", elem_id="tab-patch"):
+                patching = patches.build_patches(patches.patch_blocks(registry, default_a) if default_a else [])
             with gr.Tab("Filter at a pixel", elem_id="tab-filter"):
                 pixel_filter = filtering.build_filter()
             with gr.Tab("What each block knows", elem_id="tab-probes"):
@@ -192,6 +194,14 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
         run_events.append(probes.button.click(unless_superseded(networked(probing.read_probes), 3), [state, maps.sample_index],
                                               probes.outputs, api_name="probes",
                                               **dict(model_run, js=None, show_progress_on=probes.outputs), **reads_run_sliders))
+        run_events.append(patching.one.click(unless_superseded(networked(patches.patch_one), 2), [state, *patching.one_inputs],
+                                             patching.one_outputs, api_name="patch",
+                                             **dict(model_run, js=None, show_progress_on=patching.one_outputs)))
+        run_events.append(patching.every.click(unless_superseded(networked(patches.map_patches), 2), [state, patching.windows],
+                                               patching.every_outputs, api_name="patch_map",
+                                               **dict(model_run, js=None, show_progress_on=patching.every_outputs)))
+        diagram.block_click(receiving_event(bound(patches.block_clicked), 1), rail.model_a, patching.block, api_name=False,
+                            show_progress="hidden")
         setup_outputs = [*controls, *panel.inputs, *b_options.inputs, panel.note, maps.block, state, lessons.note]
         then_generate = dict(api_name=False, **generate_event)
 

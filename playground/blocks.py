@@ -1,12 +1,14 @@
 """The U-Net's building blocks, each the module of `diffusers.UNet2DModel` it stands for (same names, same
 parameters): time embedding, ResnetBlock, SelfAttention, down/up sampling, and the encoder, bottleneck and decoder
-levels built of them. Every block reports its intermediate maps through a tap, `tap(name, h) -> h`, so feature
-capture is part of the one forward pass and costs nothing when the tap is `no_tap`.
+levels built of them. Every block reports its intermediate maps through a tap, `tap(name, h) -> h`, and goes on
+with what the tap hands back: feature capture (`FeatureRecorder`) and activation patching (`Patcher`) are part of the
+one forward pass and cost nothing when the tap is `no_tap`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,45 @@ class FeatureRecorder(dict):
     def __call__(self, name: str, h: torch.Tensor) -> torch.Tensor:
         self[name] = h
         return h
+
+
+class Patcher(FeatureRecorder):
+    """A tap that hands on the given tensor in place of each map named in `patch` (activation patching), so the rest
+    of the forward continues from it; records every map it hands on when `record` is set.
+
+    patch: name -> (batch, C, h, w), checked against `shapes` (name -> (C, h, w), the model's maps for this input).
+    """
+
+    def __init__(self, patch: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], batch: int, record: bool):
+        super().__init__()
+        if not isinstance(patch, Mapping):
+            raise ValueError(f"patch must map feature names to tensors, got {type(patch).__name__}")
+        for name, tensor in patch.items():
+            if name not in shapes:
+                examples = ", ".join(repr(n) for n in list(shapes)[1::max(1, len(shapes) // 4)][:4])
+                raise ValueError(f"patch: {name!r} is not one of the model's feature maps, e.g. {examples} (see feature_names)")
+            expected = (batch, *shapes[name])
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected:
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"patch: {name!r} must be a tensor of shape {expected} (batch, channels, height, width), got {got}")
+        self.patch = dict(patch)
+        self.record = record
+
+    def __call__(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        replacement = self.patch.get(name)
+        if replacement is not None:
+            h = _laid_out_like(replacement, h)
+        if self.record:
+            self[name] = h
+        return h
+
+
+def _laid_out_like(replacement: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """`replacement` in h's dtype, device and memory layout: convolutions pick their kernel by the layout, and a
+    patch with h's own values must compute exactly what h would."""
+    if replacement.dtype == h.dtype and replacement.device == h.device and replacement.stride() == h.stride():
+        return replacement
+    return torch.empty_like(h).copy_(replacement)
 
 
 class SinusoidalTimesteps(nn.Module):
@@ -311,9 +352,12 @@ def attend(attention, site, h, attention_off, tap, rescale=1.0):
     """h + attention(h), unless the site is switched off; taps the update and the result."""
     if site in attention_off:
         # the same maps exist with the site off, so an ablated run compares with the intact one block for block:
-        # no update, and h flows on unchanged
+        # no update, and h flows on unchanged, unless a patch hands an update back in its place
         if tap is not no_tap:
-            tap(f"{site}.update", torch.zeros_like(h))
+            zeros = torch.zeros_like(h)
+            update = tap(f"{site}.update", zeros)
+            if update is not zeros:
+                h = update + h
         return tap(site, h)
     update = tap(f"{site}.update", attention(h))
     h = update + h

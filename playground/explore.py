@@ -168,7 +168,7 @@ def sweep_figure(sweeps: WindowSweep | Mapping[str, WindowSweep], title: str = "
     applied at every step.
     """
     if isinstance(sweeps, WindowSweep):
-        sweeps = {_describe(sweeps.ablation): sweeps}
+        sweeps = {describe_ablation(sweeps.ablation): sweeps}
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     right = None
     for k, (label, sweep) in enumerate(sweeps.items()):
@@ -193,7 +193,7 @@ def sweep_figure(sweeps: WindowSweep | Mapping[str, WindowSweep], title: str = "
     return fig
 
 
-def _describe(ablation: Ablation) -> str:
+def describe_ablation(ablation: Ablation) -> str:
     parts = [f"skips {r}px ×{g:g}" for r, g in ablation.skip_scale] + sorted(f"{s} off" for s in ablation.attention_off)
     parts += ["time off"] if ablation.time_embedding_off else []
     parts += [f"FreeU {r}px b={b:g}" for r, b in ablation.backbone_scale]

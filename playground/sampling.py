@@ -17,6 +17,7 @@ trajectory instead of recomputing them (they are identical), and replays the sch
 goes on from a run stopped part-way (`should_stop`): `TrajectoryCache` keeps such a run and resumes it.
 `sample(..., start=x_t, start_t=t)` begins at a given sample instead of seeded noise (a noised or inverted image,
 `playground/inversion.py`): the run takes its schedule's steps from t on.
+`sample(..., patches=)` puts given feature maps into chosen steps' forwards (activation patching, patching.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
+
 import torch
 
 from .ablation import Ablation
@@ -252,6 +255,7 @@ class Trajectory:
     x0: torch.Tensor
     features: dict[int, dict[str, torch.Tensor]]
     complete: bool = True  # False: stopped part-way (stop_after, should_stop); `final` is the next step's input
+    patched_from: int | None = None  # the first step whose forward got patched maps: no longer `settings`' own run
 
     @property
     def final(self) -> torch.Tensor:
@@ -271,6 +275,11 @@ def initial_noise(model: DiffusionModel, settings: SampleSettings) -> torch.Tens
     """The seeded starting noise (B, C, H, W): same seed and shape, same noise, whatever the model."""
     generator = torch.Generator().manual_seed(settings.seed)
     return torch.randn((settings.batch, *model.image_shape), generator=generator)
+
+
+def guided_labels(model: DiffusionModel, settings: SampleSettings) -> tuple[torch.Tensor | None, bool]:
+    """(the labels of the batch the model gets at every step, whether it is guided): `conditioning` of the run's labels."""
+    return conditioning(model, class_labels(model, settings), settings.guidance)
 
 
 def class_labels(model: DiffusionModel, settings: SampleSettings) -> torch.Tensor | None:
@@ -331,6 +340,8 @@ def _reusable_steps(model: DiffusionModel, settings: SampleSettings, calls: list
             raise ValueError(f"reuse: the trajectory was sampled with a different {name} "
                              f"({getattr(reuse.settings, name)!r}, not {getattr(settings, name)!r})")
     reused_calls = _step_calls(reuse.settings, reuse.timesteps, num_train_timesteps)
+    if reuse.patched_from is not None:
+        reused_calls = reused_calls[:reuse.patched_from]
     steps = 0
     while steps < min(len(calls), len(reused_calls)) and calls[steps] == reused_calls[steps] and (
             steps not in settings.capture_steps or steps in reuse.features):
@@ -349,7 +360,7 @@ def _steps_to_copy(model: DiffusionModel, settings: SampleSettings, reuse: Traje
 @torch.inference_mode()
 def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, reuse: Trajectory | None = None,
            stop_after: int | None = None, should_stop=None, start: torch.Tensor | None = None,
-           start_t: int | None = None) -> Trajectory:
+           start_t: int | None = None, patches: Mapping[int, Mapping[str, torch.Tensor]] | None = None) -> Trajectory:
     """Run the reverse process and keep every step. `progress(i, steps)` is called after each step.
 
     reuse: an earlier trajectory of the same model, sampler, steps, seed, batch, label and guidance
@@ -359,6 +370,9 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
     holds steps 0..stop_after only, and its `final` is the next step's input, not a finished sample.
     should_stop: called before each step is computed; True stops the run there, as `stop_after` would (the
     trajectory holds the steps done, possibly none, and `complete` is False).
+    patches: step index -> {feature name -> tensor of the model's batch, (2B, C, h, w) when guided (see
+    `guided_labels`)} put in place of those maps in that step's forward (`PlaygroundUNet.forward(patch=)`). The
+    trajectory's `patched_from` says from which step it is no longer the run of `settings`.
     start: (B, C, H, W) the sample to begin from instead of the seeded noise, lying at timestep `start_t` (default:
     the schedule's first), which must be one of the schedule's; the trajectory then holds the steps from `start_t` on
     (step indices, `capture_steps` and `stop_after` count from there). DDIM continues exactly as the full run would
@@ -398,6 +412,12 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
         raise ValueError(f"stop_after must be a step index from 0 to {steps - 1}, got {stop_after!r}")
     end = steps if stop_after is None else stop_after + 1
     first = 0 if reuse is None else min(end, _reusable_steps(model, settings, calls, reuse, num_train_timesteps))
+    patched_from = None
+    if patches:
+        if any(not 0 <= i < steps for i in patches):
+            raise ValueError(f"patches: step indices must be from 0 to {steps - 1}, got {sorted(patches)}")
+        patched_from = min(patches)
+        first = min(first, patched_from)
     if first:
         x_t[:first], eps_all[:first], x0_all[:first] = reuse.x_t[:first], reuse.eps[:first], reuse.x0[:first]
         features = {i: reuse.features[i] for i in capture if i < first}
@@ -414,7 +434,7 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
         x_t[i] = x
         model_input = torch.cat([x, x]) if guided else x
         out = unet(model_input, told[i], model_labels, ablation=call.ablation, capture_features=i in capture,
-                   bottleneck_shift=None if call.h_edit is None else shift)
+                   bottleneck_shift=None if call.h_edit is None else shift, patch=None if patches is None else patches.get(i))
         eps = guided_eps(out.sample, settings.guidance) if guided else out.sample
         if i in capture:  # keep the conditional half only; a view would pin the doubled batch in memory
             features[i] = {name: f[: settings.batch].clone() if guided else f for name, f in out.features.items()}
@@ -432,7 +452,8 @@ def sample(model: DiffusionModel, settings: SampleSettings, progress=None, *, re
         raise FloatingPointError("the reverse process produced NaN or infinite values")
     if end < steps:
         timesteps, x_t, eps_all, x0_all = timesteps[:end], x_t[:end + 1].clone(), eps_all[:end].clone(), x0_all[:end].clone()
-    return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features, complete=end == steps)
+    return Trajectory(settings, model.name, timesteps.clone(), x_t, eps_all, x0_all, features, complete=end == steps,
+                      patched_from=patched_from)
 
 
 def _started(model: DiffusionModel, settings: SampleSettings, timesteps: torch.Tensor, start: torch.Tensor,

@@ -252,8 +252,12 @@ LESSONS: dict[str, Lesson] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def add_setup_arguments(parser: argparse.ArgumentParser, batch_flag: str | None = "--num") -> None:
-    """The setup's fields as flags (all optional; a given flag overrides `--setup`'s value)."""
+def add_setup_arguments(parser: argparse.ArgumentParser, batch_flag: str | None = "--num", window_flag: bool = True) -> None:
+    """The setup's fields as flags (all optional; a given flag overrides `--setup`'s value).
+
+    window_flag: offer --window for the ablation's t-window; a CLI whose --window means another window leaves it out
+    (a --setup file's window still applies).
+    """
     parser.add_argument("--setup", help="a PlaygroundSetup JSON file; flags given explicitly override its fields")
     parser.add_argument("--model", help="pipeline folder, e.g. weights/mnist (default: the setup's model under weights/)")
     parser.add_argument("--sampler", help="ddim (default), ddpm or dpm++")
@@ -266,7 +270,8 @@ def add_setup_arguments(parser: argparse.ArgumentParser, batch_flag: str | None 
     parser.add_argument("--ablate", action="append", default=[], metavar="SPEC",
                         help="skip:RES=SCALE, skip:all=SCALE, attn:SITE, attn:all, time, freeu, freeu:RES=B,S "
                              "(repeatable; replaces the setup's ablation)")
-    parser.add_argument("--window", metavar="T_MIN:T_MAX", help="apply the ablation only for T_MIN <= t <= T_MAX")
+    if window_flag:
+        parser.add_argument("--window", metavar="T_MIN:T_MAX", help="apply the ablation only for T_MIN <= t <= T_MAX")
     parser.add_argument("--lie-offset", type=int, help="timestep lie: tell the model t + OFFSET")
     parser.add_argument("--lie-fixed", type=int, help="timestep lie: tell the model this fixed t'")
 
@@ -276,7 +281,7 @@ def setup_from_arguments(args: argparse.Namespace, weights_root: Path = DEFAULT_
     setup = PlaygroundSetup.load(args.setup) if args.setup else PlaygroundSetup()
     overrides = {name: getattr(args, name) for name in ("sampler", "steps", "seed", "batch", "digit", "guidance")
                  if getattr(args, name, None) is not None}
-    if args.window is not None:
+    if getattr(args, "window", None) is not None:
         t_min, colon, t_max = args.window.partition(":")
         try:
             overrides["window"] = Window(int(t_min), int(t_max))

@@ -9,12 +9,14 @@ the textbook picture, top to bottom:
     x ─conv_in─► [DownBlock: ResnetBlock (+SelfAttention)]* ─► MidBlock ─► [UpBlock: cat(skip) ResnetBlock (+SelfAttention)]* ─conv_out─► ε̂
                  └──────────── skips.append(h) ───────────────────────────── skips.pop() ──┘
 
-Two things UNet2DModel does not do, passed per call so one model object can serve many users at once:
+What UNet2DModel does not do, passed per call so one model object can serve many users at once:
 - `ablation=Ablation(...)` scales or zeroes skips per resolution (plainly or FreeU's way), bypasses
   attention sites, or hides t;
 - `bottleneck_shift=...` adds a direction to the bottleneck's output (an h-space edit);
 - `capture_features=True` returns every intermediate map by its module path (`down_blocks.1.resnets.0`,
-  `up_blocks.0.resnets.2.skip`, `mid_block.attentions.0`, ...), through explicit taps in the one forward.
+  `up_blocks.0.resnets.2.skip`, `mid_block.attentions.0`, ...), through explicit taps in the one forward;
+- `patch={name: tensor}` puts the given tensor in place of those maps at their taps and goes on from it
+  (activation patching, Meng et al. 2022; see playground/patching.py).
 
 The blocks it is built of are in `playground/blocks.py`; this file wires them together and is the model
 diffusers sees (config, forward, loading). References: diffusers `models/unets/unet_2d.py` (the interface and module names), Ho et al. 2020 and
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +38,8 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
 from .ablation import Ablation
-from .blocks import DownBlock, FeatureRecorder, MidBlock, SelfAttention, SinusoidalTimesteps, TimestepEmbedding, UpBlock, no_tap
+from .blocks import (DownBlock, FeatureRecorder, MidBlock, Patcher, SelfAttention, SinusoidalTimesteps, TimestepEmbedding, UpBlock,
+                     no_tap)
 from .checkpoint import CheckedLoading
 
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
@@ -295,6 +299,7 @@ class PlaygroundUNet(CheckedLoading, ModelMixin, ConfigMixin):
         ablation: Ablation | None = None,
         capture_features: bool = False,
         bottleneck_shift: torch.Tensor | None = None,
+        patch: Mapping[str, torch.Tensor] | None = None,
     ) -> PlaygroundUNetOutput | tuple:
         """Predict the noise in `sample` at `timestep`.
 
@@ -304,10 +309,15 @@ class PlaygroundUNet(CheckedLoading, ModelMixin, ConfigMixin):
         capture_features: also return every intermediate map in `.features`.
         bottleneck_shift: (C, h, w) or (B, C, h, w) added to the bottleneck's output before the decoder
             (an edit in "h-space", Kwon et al. 2023); the tap `mid_block.resnets.1` shows h before it.
+        patch: feature name (from `feature_names`) -> (B, C, h, w) tensor that replaces that map where the forward
+            taps it; everything after continues from the replacement (captured features show it too).
         Returns PlaygroundUNetOutput(sample=(B, out_channels, H, W), features) or a tuple.
         """
         ablation = self._effective_ablation(ablation)
-        tap = FeatureRecorder() if capture_features else no_tap
+        if patch is not None:  # decided once per call: an unpatched forward's taps stay the plain ones
+            tap = Patcher(patch, self.feature_shapes(*sample.shape[-2:]), sample.shape[0], record=capture_features)
+        else:
+            tap = FeatureRecorder() if capture_features else no_tap
 
         # 0. center input if necessary
         if self.config.center_input_sample:

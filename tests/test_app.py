@@ -1005,3 +1005,20 @@ def test_a_clicked_pixel_shows_its_filter_for_a_and_b_and_a_pixel_off_the_image_
     assert "pixel (14, 9), step 4 (t = " in note and "B **" in note  # the finished sample: the last step's filter
     with pytest.raises(gr.Error, match="pixel row must be from 0 to 27"):
         checks.user_errors(filtering.filter_at_pixel)(registry, state, {"index": 0, "step": 1, "row": 28, "col": 0})
+
+
+def test_patching_a_s_block_into_b_restores_part_of_a_and_the_map_covers_every_level(registry):
+    from explainer import patches
+
+    intact, *_ = run_generate(registry, steps=4, batch=2)
+    with pytest.raises(gr.Error, match="patch: B is A"):
+        checks.user_errors(patches.patch_one)(registry, intact, "mid_block.resnets.1", 0, 999, progress=NoProgress())
+    state, *_ = run_generate(registry, skips=(0, 1), steps=4, batch=2)
+    blocks = patches.patch_blocks(registry, "tiny")
+    picture, note = patches.patch_one(registry, state, blocks[-1], 0, 999, progress=NoProgress())
+    # the last decoder map lies downstream of the cut skip: patched at every step, B is A again
+    assert picture.size[0] > 0 and "restores **100%**" in note
+    with pytest.raises(gr.Error, match="patched block must be one of"):
+        checks.user_errors(patches.patch_one)(registry, state, "conv_in.nope", 0, 999, progress=NoProgress())
+    figure, map_note = patches.map_patches(registry, state, 2, progress=NoProgress())
+    assert figure.axes and "The most A's computation brings back" in map_note
