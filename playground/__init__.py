@@ -2,8 +2,9 @@
 
 from .ablation import Ablation, freeu_preset
 from .unet import PlaygroundUNet, PlaygroundUNetOutput, feature_group
-from .sampling import (Comparison, DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Trajectory, TrajectoryCache,
-                       Window, compare, features_at, load_pipeline, sample)
+from .sampling import (Comparison, DiffusionModel, HSpaceEdit, SampleSettings, TimestepLie, Trajectory, Window, compare,
+                       features_at, load_pipeline, sample)
+from .trajectories import TrajectoryCache
 from .setup import LESSONS, PlaygroundSetup
 from .network_thread import NetworkThread
 

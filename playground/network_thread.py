@@ -27,7 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from .sampling import DiffusionModel, SampleSettings, TrajectoryCache
+from .sampling import DiffusionModel, SampleSettings
+from .trajectories import TrajectoryCache
 
 logger = logging.getLogger(__name__)
 

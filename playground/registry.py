@@ -15,7 +15,8 @@ import torch
 from .classifier import DigitClassifier, load_classifier
 from .classifier import DIGIT_SHAPE
 from .data import HELDOUT_DIR, load_mnist
-from .sampling import DiffusionModel, TrajectoryCache, load_pipeline
+from .sampling import DiffusionModel, load_pipeline
+from .trajectories import TrajectoryCache
 
 
 
