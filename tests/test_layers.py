@@ -52,7 +52,7 @@ def test_the_library_has_no_import_circles():
     assert import_circles(graph) == set()
 
 
-CLIS = ["card", "classifier", "evaluate", "invert", "jacobian", "sample", "soup", "study", "sweep", "train",
+CLIS = ["card", "classifier", "denoising_classify", "evaluate", "invert", "jacobian", "sample", "soup", "study", "sweep", "train",
         "train_family"]
 
 
