@@ -72,8 +72,9 @@ class FormulaUNet(torch.nn.Module):
 
 
 def formula_model(eps_of, **unet_options) -> DiffusionModel:
-    """A DiffusionModel over a FormulaUNet, on the standard 1000-step linear schedule."""
-    return DiffusionModel("formula", FormulaUNet(eps_of, **unet_options), dict(DDPMScheduler(num_train_timesteps=1000).config))
+    """A DiffusionModel over a FormulaUNet, on the flagship's schedule: 1000 linear steps, x̂0 never clipped."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    return DiffusionModel("formula", FormulaUNet(eps_of, **unet_options), dict(scheduler.config))
 
 
 def alphas_cumprod() -> torch.Tensor:

@@ -52,8 +52,8 @@ def test_the_library_has_no_import_circles():
     assert import_circles(graph) == set()
 
 
-CLIS = ["card", "classifier", "evaluate", "jacobian", "patch", "probes", "sample", "soup", "study", "sweep", "train",
-        "train_family"]
+CLIS = ["card", "classifier", "denoising_classify", "evaluate", "invert", "jacobian", "patch", "probes", "sample", "soup",
+        "study", "sweep", "train", "train_family"]
 
 
 @pytest.mark.parametrize("cli", CLIS)
