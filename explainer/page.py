@@ -13,7 +13,8 @@ import os
 
 import gradio as gr
 
-from explainer import features, filtering, numbers, options, patches, probing, runs, share, sessions, switches, when
+from explainer import (features, filtering, numbers, options, own_digit, patches, probing, runs, sessions, share, switches,
+                       when)
 from explainer.checks import UserError, user_errors
 from explainer.delivery import figures_drawn, pictures_filed, receiving_event, unless_superseded
 from explainer.diagram import build_diagram
@@ -81,6 +82,8 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 patching = patches.build_patches(patches.patch_blocks(registry, default_a) if default_a else [])
             with gr.Tab("Filter at a pixel", elem_id="tab-filter"):
                 pixel_filter = filtering.build_filter()
+            with gr.Tab("Your own digit", elem_id="tab-own"):
+                own = own_digit.build_own_digit()
             with gr.Tab("What each block knows", elem_id="tab-probes"):
                 probes = probing.build_probes()
             with gr.Tab("Share and export", elem_id="tab-share"):
@@ -202,6 +205,14 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                                                **dict(model_run, js=None, show_progress_on=patching.every_outputs)))
         diagram.block_click(receiving_event(bound(patches.block_clicked), 1), rail.model_a, patching.block, api_name=False,
                             show_progress="hidden")
+        own_inputs = [rail.model_a, rail.model_b, *panel.inputs]
+        run_events.append(own.classify.click(unless_superseded(networked(own_digit.classify_drawing), 2), [own.sketch, *own_inputs],
+                                             [own.posterior, own.note], api_name="denoising_classifier",
+                                             **dict(model_run, js=None, show_progress_on=[own.posterior, own.note])))
+        run_events.append(own.invert.click(unless_superseded(networked(own_digit.invert_drawing), 2),
+                                           [own.sketch, rail.model_a, rail.model_b, own.digit, own.steps, *panel.inputs],
+                                           [own.regenerated, own.note], api_name="invert",
+                                           **dict(model_run, js=None, show_progress_on=[own.regenerated, own.note])))
         setup_outputs = [*controls, *panel.inputs, *b_options.inputs, panel.note, maps.block, state, lessons.note]
         then_generate = dict(api_name=False, **generate_event)
 
@@ -245,6 +256,7 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
 # app idle beside them, against 1.12-1.24 s at 2-20 ms (bare runs on the network thread, interleaved, 4 rounds).
 # No public setting; a looser look costs an event at most these seconds before it starts.
 QUEUE_POLL_S = 0.005
+MAX_UPLOAD = "2mb"
 
 PAGE_CSS = """
 .gradio-container {max-width: 1560px !important; padding-top: 6px !important}
@@ -277,5 +289,6 @@ def serve(demo: gr.Blocks, queue_size: int = 64, **launch_options):
     """Queue and launch as the public app does (benchmarks and tests call this too, so they measure the same server)."""
     demo.queue(default_concurrency_limit=2, max_size=queue_size)
     demo._queue.sleep_when_free = QUEUE_POLL_S
+    # a drawing is a few kB: anything far larger is refused before it reaches a handler
     return demo.launch(**{"theme": gr.themes.Soft(), "css": PAGE_CSS, "state_session_capacity": sessions.STATE_SESSIONS,
-                          **launch_options})
+                          "max_file_size": MAX_UPLOAD, **launch_options})

@@ -1022,3 +1022,18 @@ def test_patching_a_s_block_into_b_restores_part_of_a_and_the_map_covers_every_l
         checks.user_errors(patches.patch_one)(registry, state, "conv_in.nope", 0, 999, progress=NoProgress())
     figure, map_note = patches.map_patches(registry, state, 2, progress=NoProgress())
     assert figure.axes and "The most A's computation brings back" in map_note
+
+
+def test_a_drawn_digit_is_classified_by_the_generator_and_drawn_again_from_its_inverted_noise(registry):
+    from explainer import own_digit
+
+    canvas = np.zeros((140, 140, 4), dtype=np.uint8)
+    canvas[30:110, 60:75, 3] = 255  # a "1" drawn on a transparent sketchpad layer
+    switches_off = [0, 1, 1, 1, 1, [], False]
+    figure, note = own_digit.classify_drawing(registry, {"composite": canvas}, "tiny", checks.SAME_AS_A, *switches_off)
+    assert figure.axes and "A reads it as" in note and "B** (A with its switches) reads it as" in note
+    picture, note = own_digit.invert_drawing(registry, {"composite": canvas}, "tiny", checks.SAME_AS_A, 1, 10, *switches_off,
+                                             progress=NoProgress())
+    assert picture.size[0] > 2 * picture.size[1] and "Mean |again − yours|: A" in note
+    with pytest.raises(gr.Error, match="drawing: it is empty"):
+        checks.user_errors(own_digit.classify_drawing)(registry, {"composite": None}, "tiny", checks.SAME_AS_A, *switches_off)
