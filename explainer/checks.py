@@ -12,7 +12,7 @@ import time
 import gradio as gr
 import torch
 
-from explainer.sessions import RUN_TICKETS, visitor
+from explainer.sessions import EVENT_TICKET, RUN_TICKETS, visitor
 from playground import Ablation, SampleSettings
 from playground.network_thread import use_threads
 from playground.sampling import MAX_STEPS, SAMPLERS, Window
@@ -230,7 +230,9 @@ def timed(started, progress):
     """Wrap a progress callback (called after every step) so the request stops REQUEST_SECONDS after `started`, or
     as soon as its visitor asks for another run (sessions.RUN_TICKETS)."""
     session = visitor()
-    ticket = RUN_TICKETS.take(session)
+    ticket = EVENT_TICKET.get()
+    if ticket is None:
+        ticket = RUN_TICKETS.take(session)
 
     def report(done, total):
         if not RUN_TICKETS.is_latest(session, ticket):

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from PIL import Image as PILImage
 
 from explainer.checks import Superseded
+from explainer.sessions import EVENT_TICKET, RUN_TICKETS, visitor
 
 # Gradio's default WebP is lossy (a faint difference map or a thin plot line would show compression noise) and
 # takes ~3x as long to encode as PNG for these small pictures: ~55 ms of a scrub's 9 images against ~20 ms
@@ -120,15 +121,18 @@ def receiving_event(handler, inputs: int):
 
 
 def unless_superseded(handler, outputs: int):
-    """`handler`, except that a run its visitor superseded (checks.Superseded) leaves every output as it is and ends
-    as a success: Gradio 6.31's page then sends the newest request it held back for that event
-    (trigger_mode="always_last"), which it drops after a failure."""
+    """`handler` as a run of its visitor's (it takes a run ticket as Gradio starts it), except that a run the visitor
+    superseded (checks.Superseded) leaves every output as it is and ends as a success: Gradio 6.31's page then sends
+    the newest request it held back for that event (trigger_mode="always_last"), which it drops after a failure."""
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
+        token = EVENT_TICKET.set(RUN_TICKETS.take(visitor()))  # before the wait for the network thread
         try:
             return handler(*args, **kwargs)
         except Superseded:
             return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+        finally:
+            EVENT_TICKET.reset(token)
 
     return wrapped

@@ -81,7 +81,10 @@ def invert_drawing(registry, sketch, model_a, model_b, digit, steps, *switches, 
 def build_own_digit() -> SimpleNamespace:
     gr.Markdown("Draw a digit (white on black or black on white, any size: it is centred and scaled as MNIST's were).")
     with gr.Row():
-        sketch = gr.Sketchpad(type="numpy", image_mode="RGBA", label="Your digit", elem_id="sketch", height=280, width=280)
+        # one fixed 280×280 canvas, a thick black brush: what a digit drawn with a mouse or a finger needs, no more
+        sketch = gr.Sketchpad(type="numpy", image_mode="RGBA", label="Your digit (pick the brush on the left, then draw)",
+                              elem_id="sketch", canvas_size=(280, 280), fixed_canvas=True, layers=False, transforms=(),
+                              brush=gr.Brush(colors=["#000000"], default_size=20, color_mode="fixed"), height=340)
         with gr.Column():
             classify_button = gr.Button("Which digit is it? (the generator as a classifier)", elem_id="classify-drawing")
             with gr.Row():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from contextvars import ContextVar
 
 from gradio.context import LocalContext
 
@@ -80,6 +81,10 @@ class RunTickets:
 
 
 RUN_TICKETS = RunTickets()
+# The ticket a run event took as Gradio started it (delivery.unless_superseded), before it waited for the network
+# thread: a Stop or a newer request while it waits supersedes it too, which a ticket taken only once the run begins
+# would miss.
+EVENT_TICKET: ContextVar[int | None] = ContextVar("event_ticket", default=None)
 
 
 def supersede_runs() -> None:

@@ -337,3 +337,32 @@ def test_a_pixel_clicked_in_b_shows_its_filter_and_opens_that_sample(server):
         expect(page.get_by_label("number input for Sample (or click one in A or B)")).to_have_value("3")
         assert toasts(page) == []
         browser.close()
+
+
+@needs_chromium
+def test_a_digit_drawn_on_the_sketchpad_is_classified_and_drawn_again(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser, page = open_browser(p, height=1400)
+        page.goto(server, wait_until="domcontentloaded")
+        wait_for_run(page, expect)
+        page.get_by_role("tab", name="Your own digit").click()
+        # an empty drawing is answered by name
+        page.get_by_role("button", name=re.compile("Which digit is it")).click()
+        expect(page.locator(".toast-body").first).to_contain_text("drawing: it is empty", timeout=30_000)
+        page.locator('#sketch button[aria-label="Brush"]').click()
+        canvas = page.locator("#sketch canvas").first
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y - 60)
+        page.mouse.down()
+        page.mouse.move(x, y + 60, steps=15)
+        page.mouse.up()
+        page.get_by_role("button", name=re.compile("Which digit is it")).click()
+        expect(page.locator("#drawing-note")).to_contain_text("A reads it as", timeout=60_000)
+        page.get_by_role("button", name=re.compile("Invert it")).click()
+        expect(page.locator("#drawing-note")).to_contain_text("Mean |again − yours|", timeout=120_000)
+        expect(page.locator("#drawing-again img")).to_be_visible()
+        browser.close()
