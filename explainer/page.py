@@ -78,14 +78,16 @@ def build_demo(weights_dir: str | os.PathLike | None = None, prefetch: bool = Tr
                 sweep = when.build_sweep()
             with gr.Tab("When does the digit decide?", elem_id="tab-decide"):
                 decides = when.build_decides()
-            with gr.Tab("Patch A into B", elem_id="tab-patch"):
-                patching = patches.build_patches(patches.patch_blocks(registry, default_a) if default_a else [])
-            with gr.Tab("Filter at a pixel", elem_id="tab-filter"):
-                pixel_filter = filtering.build_filter()
-            with gr.Tab("Your own digit", elem_id="tab-own"):
-                own = own_digit.build_own_digit()
-            with gr.Tab("What each block knows", elem_id="tab-probes"):
-                probes = probing.build_probes()
+            # the causal experiments, one tab of their own: the tab bar holds this many at a desktop's width
+            with gr.Tab("Causal experiments", elem_id="tab-experiments"), gr.Tabs():
+                with gr.Tab("Patch A into B", elem_id="tab-patch"):
+                    patching = patches.build_patches(patches.patch_blocks(registry, default_a) if default_a else [])
+                with gr.Tab("Filter at a pixel", elem_id="tab-filter"):
+                    pixel_filter = filtering.build_filter()
+                with gr.Tab("Your own digit", elem_id="tab-own"):
+                    own = own_digit.build_own_digit()
+                with gr.Tab("What each block knows", elem_id="tab-probes"):
+                    probes = probing.build_probes()
             with gr.Tab("Share and export", elem_id="tab-share"):
                 sharing = share.build_share()
 

@@ -32,6 +32,7 @@ from playground import exports  # noqa: E402
 from playground import sampling  # noqa: E402
 from playground import serving  # noqa: E402
 import playground.sampling  # noqa: E402
+import playground.trajectories  # noqa: E402
 from playground import PlaygroundUNet  # noqa: E402
 from playground.network_thread import use_threads  # noqa: E402
 from playground.registry import ModelRegistry  # noqa: E402
@@ -92,14 +93,15 @@ def test_an_ablation_changes_b_but_not_a(registry):
 
 
 def record_sampling_threads(monkeypatch):
-    """{"A" or "B": the thread that ran it}, for every reverse process run from now on; and the real `sample`."""
-    threads, real_sample = {}, playground.sampling.sample
+    """{"A" or "B": the thread that ran it}, for every reverse process the kept trajectories (which every run of the app
+    goes through) run from now on; and the real `sample`."""
+    threads, real_sample = {}, playground.trajectories.sample
 
     def recording_sample(model, settings, *args, **kwargs):
         threads["A" if settings.ablation.is_intact else "B"] = threading.current_thread().name
         return real_sample(model, settings, *args, **kwargs)
 
-    monkeypatch.setattr(playground.sampling, "sample", recording_sample)
+    monkeypatch.setattr(playground.trajectories, "sample", recording_sample)
     return threads, real_sample
 
 

@@ -327,6 +327,7 @@ def test_a_pixel_clicked_in_b_shows_its_filter_and_opens_that_sample(server):
         browser, page = open_browser(p, height=1400)
         page.goto(server, wait_until="domcontentloaded")
         wait_for_run(page, expect)
+        page.get_by_role("tab", name="Causal experiments").click()
         page.get_by_role("tab", name="Filter at a pixel").click()
         page.locator("#viewer figure[data-net=b] canvas").scroll_into_view_if_needed()
         canvas = page.locator("#viewer figure[data-net=b] canvas").bounding_box()
@@ -347,6 +348,7 @@ def test_a_digit_drawn_on_the_sketchpad_is_classified_and_drawn_again(server):
         browser, page = open_browser(p, height=1400)
         page.goto(server, wait_until="domcontentloaded")
         wait_for_run(page, expect)
+        page.get_by_role("tab", name="Causal experiments").click()
         page.get_by_role("tab", name="Your own digit").click()
         # an empty drawing is answered by name
         page.get_by_role("button", name=re.compile("Which digit is it")).click()
