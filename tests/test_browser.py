@@ -81,17 +81,25 @@ def wait_for_run(page, expect, timeout=60_000):
     expect(page.locator("#viewer")).not_to_have_class(re.compile("waiting"), timeout=timeout)
 
 
+def opened_on_its_run(playwright, server, height=900):
+    """A page of the app at 1440 px wide, once the run it opens on is in."""
+    from playwright.sync_api import expect
+
+    browser, page = open_browser(playwright, height=height)
+    page.goto(server, wait_until="domcontentloaded")
+    wait_for_run(page, expect)
+    return browser, page
+
+
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 
 
 @needs_chromium
 def test_the_first_screen_holds_the_diagram_the_pictures_and_the_scrubber(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser, page = open_browser(p)
-        page.goto(server, wait_until="domcontentloaded")
-        wait_for_run(page, expect)
+        browser, page = opened_on_its_run(p, server)
         for selector in ("#viewer figure[data-net=a] canvas", "#viewer figure[data-net=b] canvas", "#viewer .uv-scrubber",
                          "#diagram svg", "#generate"):
             box = page.locator(selector).first.bounding_box()
@@ -108,9 +116,7 @@ def test_scrubbing_redraws_in_the_page_and_the_feature_maps_follow_arrow_keys(se
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser, page = open_browser(p)
-        page.goto(server, wait_until="domcontentloaded")
-        wait_for_run(page, expect)
+        browser, page = opened_on_its_run(p, server)
         expect(page.locator("#feature-caption")).to_contain_text("t = 0 ·", timeout=30_000)  # the finished run's last step
         caption, before = page.locator("#viewer .uv-caption"), drawn(page, "a")
         expect(caption).to_contain_text("the finished sample")
@@ -141,9 +147,7 @@ def test_a_typed_skip_and_a_diagram_click_rerun_b_while_the_pictures_stay(server
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser, page = open_browser(p)
-        page.goto(server, wait_until="domcontentloaded")
-        wait_for_run(page, expect)
+        browser, page = opened_on_its_run(p, server)
         a_before, b_before = drawn(page, "a"), drawn(page, "b")
         verdicts = page.locator("#verdicts")
 
@@ -177,9 +181,7 @@ def test_a_new_generate_supersedes_the_running_one_and_stop_stops_it(server):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser, page = open_browser(p)
-        page.goto(server, wait_until="domcontentloaded")
-        wait_for_run(page, expect)
+        browser, page = opened_on_its_run(p, server)
         steps = page.get_by_label("number input for Steps")
         # a long run, then another Generate at once: the page ends on the second one's frames, with no error
         steps.fill("600")
@@ -209,9 +211,7 @@ def test_a_bad_seed_gets_one_toast_naming_the_seed_and_the_pictures_stay(server)
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser, page = open_browser(p)
-        page.goto(server, wait_until="domcontentloaded")
-        wait_for_run(page, expect)
+        browser, page = opened_on_its_run(p, server)
         before = drawn(page, "a")
         seed = page.get_by_label("Seed")
         seed.fill("-5")
@@ -324,9 +324,7 @@ def test_a_pixel_clicked_in_b_shows_its_filter_and_opens_that_sample(server):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser, page = open_browser(p, height=1400)
-        page.goto(server, wait_until="domcontentloaded")
-        wait_for_run(page, expect)
+        browser, page = opened_on_its_run(p, server, height=1400)
         page.get_by_role("tab", name="Causal experiments").click()
         page.get_by_role("tab", name="Filter at a pixel").click()
         page.locator("#viewer figure[data-net=b] canvas").scroll_into_view_if_needed()
@@ -345,9 +343,7 @@ def test_a_digit_drawn_on_the_sketchpad_is_classified_and_drawn_again(server):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser, page = open_browser(p, height=1400)
-        page.goto(server, wait_until="domcontentloaded")
-        wait_for_run(page, expect)
+        browser, page = opened_on_its_run(p, server, height=1400)
         page.get_by_role("tab", name="Causal experiments").click()
         page.get_by_role("tab", name="Your own digit").click()
         # an empty drawing is answered by name
